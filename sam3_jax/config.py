@@ -1,0 +1,96 @@
+"""Model sizes of SAM 3 as ml_collections ConfigDicts.
+
+`model_config("full")` is the released model; `model_config("tiny")` keeps every structural choice
+of `full` at the sizes of the official small builder (used for CPU parity tests). The experiment
+files under `configs/` build on these.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+VARIANTS = ("full", "tiny")
+
+
+def model_config(variant: str = "full") -> ml_collections.ConfigDict:
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown model variant {variant!r}; expected one of {VARIANTS}")
+    full = variant == "full"
+    c = ml_collections.ConfigDict()
+    c.variant = variant
+    c.image_size = 1008 if full else 224
+    c.dtype = "float32"  # compute dtype
+    c.param_dtype = "float32"
+    c.attention_impl = ml_collections.config_dict.placeholder(str)  # None = XLA; "cudnn" on GPU
+    c.remat = "none"  # none | full | dots: rematerialisation policy of scanned blocks
+
+    c.vit = ml_collections.ConfigDict(
+        dict(
+            patch_size=14,
+            width=1024 if full else 64,
+            depth=32 if full else 4,
+            heads=16 if full else 4,
+            mlp_ratio=4.625,
+            window_size=24 if full else 8,
+            global_blocks=(7, 15, 23, 31) if full else (1, 3),
+            pretrain_image_size=336 if full else 112,
+            rope_theta=10000.0,
+            pretrain_use_cls_token=True,
+        )
+    )
+    c.neck = ml_collections.ConfigDict(
+        dict(d_model=256, scale_factors=(4.0, 2.0, 1.0, 0.5), add_sam2_neck=True)
+    )
+    c.text = ml_collections.ConfigDict(
+        dict(
+            width=1024 if full else 64,
+            heads=16 if full else 4,
+            layers=24 if full else 2,
+            mlp_ratio=4.0,
+            context_length=32,
+            vocab_size=49408,
+            proj_dim=512,  # size of the unused `text_projection` kept for round trips
+        )
+    )
+    # Detector sizes (used by the detector modules).
+    c.d_model = 256
+    c.num_heads = 8
+    c.dim_feedforward = 2048 if full else 256
+    c.encoder_layers = 6 if full else 2
+    c.decoder_layers = 6 if full else 2
+    c.num_queries = 200 if full else 16
+    c.geometry_layers = 3 if full else 1
+    c.tracker = ml_collections.ConfigDict(
+        dict(
+            memory_attention_layers=4 if full else 1,
+            dim_feedforward=2048 if full else 256,
+            mem_dim=64,
+            num_maskmem=7,
+        )
+    )
+    return c
+
+
+def validate_model_config(c: ml_collections.ConfigDict) -> None:
+    """Raises ValueError with a precise message for structurally impossible sizes."""
+    v = c.vit
+    if c.image_size % v.patch_size:
+        raise ValueError(f"image_size {c.image_size} is not a multiple of patch_size {v.patch_size}")
+    grid = c.image_size // v.patch_size
+    if v.width % v.heads or (v.width // v.heads) % 4:
+        raise ValueError(f"ViT width {v.width} / heads {v.heads} must give a head dim divisible by 4")
+    if not v.global_blocks or max(v.global_blocks) != v.depth - 1:
+        raise ValueError(
+            f"the last global-attention block must be the last block (depth {v.depth}, "
+            f"global_blocks {tuple(v.global_blocks)}): the trunk returns its output"
+        )
+    if any(b < 0 or b >= v.depth for b in v.global_blocks):
+        raise ValueError(f"global_blocks {tuple(v.global_blocks)} out of range for depth {v.depth}")
+    if v.pretrain_image_size % v.patch_size:
+        raise ValueError("pretrain_image_size must be a multiple of patch_size")
+    if v.window_size <= 0 or v.window_size > grid:
+        raise ValueError(f"window_size {v.window_size} must be in [1, {grid}]")
+    if c.text.width % c.text.heads:
+        raise ValueError(f"text width {c.text.width} is not divisible by heads {c.text.heads}")
+    if v.width % 4:
+        raise ValueError("ViT width must be divisible by 4 for the 4x neck branch")

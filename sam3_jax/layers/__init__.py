@@ -1,0 +1,1 @@
+"""Numerics shared by every model file: attention, RoPE, position encodings, norms, convs."""

@@ -1,0 +1,102 @@
+"""The one attention entry point of the project, and the multi-head attention module.
+
+Every attention in the model goes through `dot_product_attention`, a thin wrapper over
+`jax.nn.dot_product_attention` (layout BTNH), so a kernel (cuDNN, Pallas splash / flash) can be
+swapped in by changing `implementation` (config `model.attention_impl`) in one place.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from sam3_jax.layers import partitioning as P
+from sam3_jax.layers.core import default_kernel_init, zeros
+
+Dtype = Any
+
+
+def dot_product_attention(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    *,
+    bias: Optional[jax.Array] = None,
+    mask: Optional[jax.Array] = None,
+    is_causal: bool = False,
+    implementation: Optional[str] = None,
+) -> jax.Array:
+    """Scaled dot-product attention, q/k/v (B, T, N, H), default scale 1/sqrt(H).
+
+    mask: boolean, True = attend, broadcastable to (B, N, Tq, Tk). bias: additive, same shape.
+    """
+    return jax.nn.dot_product_attention(
+        q, k, v, bias=bias, mask=mask, is_causal=is_causal, implementation=implementation
+    )
+
+
+class MultiHeadAttention(nn.Module):
+    """Multi-head attention with separate q/k/v projections (kernel (in, heads, head_dim)).
+
+    Covers torch `nn.MultiheadAttention` (fused `in_proj_weight` is split by the converter) and the
+    ViT's fused `qkv` Linear. `rope` is an optional function applied to (q, k) after projection.
+    """
+
+    num_heads: int
+    qkv_bias: bool = True
+    out_features: Optional[int] = None
+    attention_impl: Optional[str] = None
+    dtype: Dtype | None = None
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(
+        self,
+        x_q: jax.Array,
+        x_k: Optional[jax.Array] = None,
+        x_v: Optional[jax.Array] = None,
+        *,
+        rope: Optional[Callable[[jax.Array, jax.Array], tuple[jax.Array, jax.Array]]] = None,
+        mask: Optional[jax.Array] = None,
+        bias: Optional[jax.Array] = None,
+        is_causal: bool = False,
+    ) -> jax.Array:
+        x_k = x_q if x_k is None else x_k
+        x_v = x_k if x_v is None else x_v
+        dim = x_q.shape[-1]
+        if dim % self.num_heads:
+            raise ValueError(f"width {dim} is not divisible by {self.num_heads} heads")
+        head_dim = dim // self.num_heads
+
+        def proj(name: str, x: jax.Array) -> jax.Array:
+            return nn.DenseGeneral(
+                (self.num_heads, head_dim),
+                use_bias=self.qkv_bias,
+                dtype=self.dtype,
+                param_dtype=self.param_dtype,
+                kernel_init=P.with_axes(default_kernel_init, (P.EMBED, P.HEADS, P.KV)),
+                bias_init=P.with_axes(zeros, (P.HEADS, P.KV)),
+                name=name,
+            )(x)
+
+        q, k, v = proj("query", x_q), proj("key", x_k), proj("value", x_v)
+        if rope is not None:
+            q, k = rope(q, k)
+        q = P.constrain(q, (P.BATCH, P.LENGTH, P.ACT_HEADS, None))
+        k = P.constrain(k, (P.BATCH, P.LENGTH, P.ACT_HEADS, None))
+        v = P.constrain(v, (P.BATCH, P.LENGTH, P.ACT_HEADS, None))
+        out = dot_product_attention(
+            q, k, v, mask=mask, bias=bias, is_causal=is_causal, implementation=self.attention_impl
+        )
+        return nn.DenseGeneral(
+            self.out_features or dim,
+            axis=(-2, -1),
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            kernel_init=P.with_axes(default_kernel_init, (P.HEADS, P.KV, P.EMBED)),
+            bias_init=P.with_axes(zeros, (P.EMBED,)),
+            name="out",
+        )(out)

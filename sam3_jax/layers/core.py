@@ -1,0 +1,173 @@
+"""Basic layers with PyTorch-equivalent numerics and logical axis names.
+
+* LayerNorm: eps 1e-5 (torch default, used by every `nn.LayerNorm` of SAM 3), two-pass variance.
+* GELU: exact erf form (torch `nn.GELU()` default); never the tanh approximation.
+* Conv: NHWC activations, kernel (kh, kw, in, out); explicit integer padding like torch.
+* ConvTranspose with kernel == stride (the only kind SAM 3 uses), written as an einsum followed by a
+  depth-to-space reshape, which is exactly torch's `ConvTranspose2d` (no kernel flip ambiguity).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from sam3_jax.layers import partitioning as P
+
+Dtype = Any
+
+TORCH_LN_EPS = 1e-5
+
+# torch nn.Linear / nn.Conv2d default init is kaiming-uniform-like; any sensible init is fine for
+# training from scratch. Converted checkpoints overwrite all of them.
+default_kernel_init = nn.initializers.lecun_normal()
+zeros = nn.initializers.zeros_init()
+ones = nn.initializers.ones_init()
+
+
+def gelu(x: jax.Array) -> jax.Array:
+    """Exact (erf) GELU, as torch `nn.GELU()`."""
+    return jax.nn.gelu(x, approximate=False)
+
+
+def LayerNorm(
+    *,
+    epsilon: float = TORCH_LN_EPS,
+    axis_name: str = P.EMBED,
+    dtype: Dtype | None = None,
+    param_dtype: Dtype = jnp.float32,
+    name: str | None = None,
+) -> nn.LayerNorm:
+    """LayerNorm over the last axis with torch semantics (eps 1e-5, two-pass variance)."""
+    return nn.LayerNorm(
+        epsilon=epsilon,
+        use_fast_variance=False,
+        dtype=dtype,
+        param_dtype=param_dtype,
+        scale_init=P.with_axes(ones, (axis_name,)),
+        bias_init=P.with_axes(zeros, (axis_name,)),
+        name=name,
+    )
+
+
+def Dense(
+    features: int,
+    axes: tuple[str | None, str | None],
+    *,
+    use_bias: bool = True,
+    dtype: Dtype | None = None,
+    param_dtype: Dtype = jnp.float32,
+    name: str | None = None,
+) -> nn.Dense:
+    """A Dense layer (kernel (in, out)) whose kernel and bias carry logical axis names."""
+    return nn.Dense(
+        features,
+        use_bias=use_bias,
+        dtype=dtype,
+        param_dtype=param_dtype,
+        kernel_init=P.with_axes(default_kernel_init, axes),
+        bias_init=P.with_axes(zeros, (axes[1],)),
+        name=name,
+    )
+
+
+def Conv(
+    features: int,
+    kernel_size: int,
+    *,
+    stride: int = 1,
+    padding: int = 0,
+    use_bias: bool = True,
+    dtype: Dtype | None = None,
+    param_dtype: Dtype = jnp.float32,
+    name: str | None = None,
+) -> nn.Conv:
+    """2D convolution on NHWC input, torch-style explicit padding, kernel (kh, kw, in, out)."""
+    k, p = kernel_size, padding
+    return nn.Conv(
+        features,
+        kernel_size=(k, k),
+        strides=(stride, stride),
+        padding=((p, p), (p, p)),
+        use_bias=use_bias,
+        dtype=dtype,
+        param_dtype=param_dtype,
+        kernel_init=P.with_axes(default_kernel_init, (None, None, P.CONV_IN, P.CONV_OUT)),
+        bias_init=P.with_axes(zeros, (P.CONV_OUT,)),
+        name=name,
+    )
+
+
+class ConvTranspose(nn.Module):
+    """Transposed 2D convolution with kernel size == stride (non-overlapping), NHWC.
+
+    With torch weight W of shape (in, out, kh, kw), the output is
+    y[s*i + a, s*j + b, o] = sum_c x[i, j, c] * W[c, o, a, b] + bias[o]. The kernel here is stored
+    as (kh, kw, in, out), i.e. W transposed by (2, 3, 0, 1).
+    """
+
+    features: int
+    stride: int = 2
+    use_bias: bool = True
+    dtype: Dtype | None = None
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        s = self.stride
+        kernel = self.param(
+            "kernel",
+            P.with_axes(default_kernel_init, (None, None, P.CONV_IN, P.CONV_OUT)),
+            (s, s, x.shape[-1], self.features),
+            self.param_dtype,
+        )
+        dtype = self.dtype or x.dtype
+        y = jnp.einsum("bhwc,ijco->bhiwjo", x.astype(dtype), kernel.astype(dtype))
+        b, h, _, w, _, o = y.shape
+        y = y.reshape(b, h * s, w * s, o)
+        if self.use_bias:
+            bias = self.param("bias", P.with_axes(zeros, (P.CONV_OUT,)), (self.features,), self.param_dtype)
+            y = y + bias.astype(dtype)
+        return y
+
+
+def max_pool_2x2(x: jax.Array) -> jax.Array:
+    """torch `MaxPool2d(kernel_size=2, stride=2)` (floor mode) on NHWC input."""
+    return nn.max_pool(x, (2, 2), strides=(2, 2), padding="VALID")
+
+
+class Mlp(nn.Module):
+    """Two Dense layers with exact GELU between them (timm `Mlp` / CLIP MLP)."""
+
+    hidden: int
+    fc1_name: str = "fc1"
+    fc2_name: str = "fc2"
+    dtype: Dtype | None = None
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        d = x.shape[-1]
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        h = Dense(self.hidden, (P.EMBED, P.MLP), name=self.fc1_name, **kw)(x)
+        h = gelu(h)
+        return Dense(d, (P.MLP, P.EMBED), name=self.fc2_name, **kw)(h)
+
+
+def count_params(tree: Any) -> int:
+    """Number of scalar parameters in a (possibly abstract) tree."""
+    import math
+
+    return sum(math.prod(x.shape) for x in jax.tree_util.tree_leaves(tree))
+
+
+def shape_tree(tree: Any) -> Any:
+    return jax.tree_util.tree_map(lambda x: tuple(x.shape), tree)
+
+
+__all__: Sequence[str] = [
+    "gelu", "LayerNorm", "Dense", "Conv", "ConvTranspose", "max_pool_2x2", "Mlp", "count_params",
+]

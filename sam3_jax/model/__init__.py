@@ -1,0 +1,1 @@
+"""Model components of sam3_jax."""

@@ -1,0 +1,215 @@
+"""Adapter for the official SAM 3 package as a CPU parity oracle.
+
+The official package (0.1.4) needs a few run-time adaptations on a machine without CUDA; they are
+applied here without editing the installed package:
+  * some constructors and forwards hard-code `device="cuda"`, `.cuda()` or `.pin_memory()`:
+    `cuda_to_cpu()` is a TorchFunctionMode that sends those to the CPU (and, optionally, maps hand
+    casts to bf16/fp16 back to fp32);
+  * the text encoder creates `positional_embedding` and `text_projection` with `torch.empty` and
+    never initialises them (random builds hold garbage or NaN): `init_uninitialized_()`;
+  * many tensors are constant at init (LayerNorm 1/0, zero biases), which would hide a converter
+    that drops or swaps them: `perturb_all_()` adds seeded Gaussian noise to every float tensor
+    except the RoPE `freqs_cis` tables.
+Importing this module imports torch; everything else in sam3_jax works without it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import Any, Iterator
+
+import numpy as np
+
+try:
+    import torch
+    from torch.overrides import TorchFunctionMode
+except ImportError as e:  # pragma: no cover - exercised only without the parity extra
+    raise ImportError(
+        "the parity oracle needs PyTorch and the official package: pip install -e '.[parity]'"
+    ) from e
+
+from sam3_jax.model.tokenizer import default_bpe_path
+
+OFFICIAL_VERSION = "0.1.4"
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def _is_cuda(dev: Any) -> bool:
+    if isinstance(dev, torch.device):
+        return dev.type == "cuda"
+    return isinstance(dev, str) and dev.startswith("cuda")
+
+
+class _CudaToCpu(TorchFunctionMode):
+    def __init__(self, keep_fp32: bool = True):
+        super().__init__()
+        self.keep_fp32 = keep_fp32
+        self._half = (torch.bfloat16, torch.float16)
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = dict(kwargs or {})
+        name = getattr(func, "__name__", "")
+        if name in ("cuda", "pin_memory") and args and isinstance(args[0], torch.Tensor):
+            return args[0]
+        if self.keep_fp32 and name in ("bfloat16", "half") and args and isinstance(args[0], torch.Tensor):
+            return args[0].float()
+        if _is_cuda(kwargs.get("device")):
+            kwargs["device"] = "cpu"
+        if name == "to":
+            args = tuple("cpu" if _is_cuda(a) else a for a in args)
+            if self.keep_fp32:
+                args = tuple(torch.float32 if a in self._half else a for a in args)
+                if kwargs.get("dtype") in self._half:
+                    kwargs["dtype"] = torch.float32
+        return func(*args, **kwargs)
+
+
+@contextlib.contextmanager
+def cuda_to_cpu(keep_fp32: bool = True) -> Iterator[None]:
+    """Runs official code written for CUDA on the CPU, in fp32."""
+    with _CudaToCpu(keep_fp32=keep_fp32):
+        yield
+
+
+def _official():
+    """Imports the official modules (with a clear error if the package is missing)."""
+    try:
+        import sam3  # noqa: F401
+        from sam3.model import necks, position_encoding, text_encoder_ve, tokenizer_ve, vitdet, vl_combiner
+    except ImportError as e:
+        raise ImportError(
+            f"the official SAM 3 package (sam3=={OFFICIAL_VERSION}) is not installed; "
+            "pip install -e '.[parity]'"
+        ) from e
+    return vitdet, necks, position_encoding, text_encoder_ve, tokenizer_ve, vl_combiner
+
+
+def official_tokenizer():
+    _, _, _, _, tokenizer_ve, _ = _official()
+    return tokenizer_ve.SimpleTokenizer(bpe_path=default_bpe_path())
+
+
+def build_backbone(cfg) -> "torch.nn.Module":
+    """Official `SAM3VLBackbone` (ViT + dual neck + text encoder) at the sizes of a model config,
+    assembled from the official constructors exactly as `sam3.model_builder` assembles the
+    released model. Wrapped in a container so state-dict keys start with `backbone.`, as in the
+    image model (`detector.` is dropped)."""
+    vitdet, necks, position_encoding, text_encoder_ve, tokenizer_ve, vl_combiner = _official()
+    v, t = cfg.vit, cfg.text
+    with cuda_to_cpu():
+        trunk = vitdet.ViT(
+            img_size=cfg.image_size,
+            pretrain_img_size=v.pretrain_image_size,
+            patch_size=v.patch_size,
+            embed_dim=v.width,
+            depth=v.depth,
+            num_heads=v.heads,
+            mlp_ratio=v.mlp_ratio,
+            norm_layer="LayerNorm",
+            drop_path_rate=0.0,
+            qkv_bias=True,
+            use_abs_pos=True,
+            tile_abs_pos=True,
+            global_att_blocks=tuple(v.global_blocks),
+            rel_pos_blocks=(),
+            use_rope=True,
+            use_interp_rope=True,
+            window_size=v.window_size,
+            pretrain_use_cls_token=v.pretrain_use_cls_token,
+            retain_cls_token=False,
+            ln_pre=True,
+            ln_post=False,
+            return_interm_layers=False,
+            bias_patch_embed=False,
+        )
+        pos = position_encoding.PositionEmbeddingSine(
+            num_pos_feats=cfg.neck.d_model, normalize=True, scale=None, temperature=10000,
+            precompute_resolution=cfg.image_size,
+        )
+        neck = necks.Sam3DualViTDetNeck(
+            trunk=trunk, position_encoding=pos, d_model=cfg.neck.d_model,
+            scale_factors=list(cfg.neck.scale_factors), add_sam2_neck=cfg.neck.add_sam2_neck,
+        )
+        text = text_encoder_ve.VETextEncoder(
+            tokenizer=tokenizer_ve.SimpleTokenizer(bpe_path=default_bpe_path()),
+            d_model=cfg.d_model, width=t.width, heads=t.heads, layers=t.layers,
+            context_length=t.context_length, vocab_size=t.vocab_size,
+        )
+        backbone = vl_combiner.SAM3VLBackbone(visual=neck, text=text, scalp=1)
+    container = torch.nn.Module()
+    container.backbone = backbone
+    return container.eval()
+
+
+def init_uninitialized_(model: "torch.nn.Module", seed: int) -> None:
+    """Gives the text encoder's two `torch.empty` tensors a CLIP-style init (seeded)."""
+    g = torch.Generator().manual_seed(seed + 7919)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("encoder.positional_embedding"):
+                p.copy_(torch.randn(p.shape, generator=g) * 0.01)
+            elif name.endswith("encoder.text_projection"):
+                p.copy_(torch.randn(p.shape, generator=g) * p.shape[0] ** -0.5)
+
+
+def perturb_all_(model: "torch.nn.Module", seed: int, std: float = 0.02) -> None:
+    """Adds N(0, std) noise to every floating tensor of the state dict except RoPE tables.
+
+    Only persistent tensors (those a checkpoint holds) are touched: non-persistent buffers such as
+    the text encoder's causal mask are derived, not learned.
+    """
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in sorted(model.state_dict(keep_vars=True).items()):
+            if name.endswith("freqs_cis") or not p.is_floating_point():
+                continue
+            p.add_(torch.randn(p.shape, generator=g, dtype=p.dtype) * std)
+
+
+def random_backbone(cfg, seed: int) -> "torch.nn.Module":
+    """The official backbone with seeded random weights plus per-tensor noise, ready to compare."""
+    torch.manual_seed(seed)
+    model = build_backbone(cfg)
+    init_uninitialized_(model, seed)
+    perturb_all_(model, seed)
+    return model
+
+
+def state_dict_numpy(model: "torch.nn.Module") -> dict[str, np.ndarray]:
+    return {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
+
+
+def _nhwc(x: "torch.Tensor") -> np.ndarray:
+    return x.detach().permute(0, 2, 3, 1).contiguous().numpy()
+
+
+@torch.no_grad()
+def run_backbone(model: "torch.nn.Module", images_nhwc: np.ndarray, texts: list[str]) -> dict[str, Any]:
+    """Runs the official backbone; returns numpy arrays in the JAX layouts (NHWC, batch-first)."""
+    bb = model.backbone
+    images = torch.from_numpy(np.ascontiguousarray(images_nhwc.transpose(0, 3, 1, 2))).float()
+    captured: list = []
+    hook = bb.vision_backbone.trunk.register_forward_hook(lambda _m, _i, out: captured.append(out[-1]))
+    try:
+        with cuda_to_cpu():
+            feats, pos, sam2_feats, sam2_pos = bb.vision_backbone(images)
+    finally:
+        hook.remove()
+    trunk_out = captured[0]
+    with cuda_to_cpu():
+        text = bb.forward_text(texts, device="cpu")
+        tokens = bb.language_backbone.tokenizer(texts, context_length=bb.language_backbone.context_length)
+    out: dict[str, Any] = {
+        "trunk": _nhwc(trunk_out),
+        "levels": [_nhwc(f) for f in feats],
+        "pos": [_nhwc(p) for p in pos],
+        "token_ids": tokens.numpy(),
+        "language_features": text["language_features"].transpose(0, 1).numpy(),
+        "language_mask": text["language_mask"].numpy(),
+        "language_embeds": text["language_embeds"].transpose(0, 1).numpy(),
+    }
+    if sam2_feats is not None:
+        out["sam2_levels"] = [_nhwc(f) for f in sam2_feats]
+        out["sam2_pos"] = [_nhwc(p) for p in sam2_pos]
+    return out

@@ -1,0 +1,190 @@
+"""Stage-by-stage comparison of sam3_jax against the official model (see `python -m sam3_jax.parity`)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+DEFAULT_TEXTS = ("a cat", "the astronaut's white space suit, with an American flag!")
+
+
+@dataclasses.dataclass
+class StageResult:
+    name: str
+    shape: tuple[int, ...]
+    max_abs: float
+    max_rel: float  # max |a - b| / max |b|
+    tolerance: float
+    exact: bool = False  # integer / boolean stage compared for equality
+
+    @property
+    def ok(self) -> bool:
+        return self.max_abs <= self.tolerance
+
+    def row(self) -> str:
+        status = "ok" if self.ok else "FAIL"
+        return (
+            f"{self.name:<28} {str(self.shape):<22} {self.max_abs:>11.3e} {self.max_rel:>11.3e} "
+            f"{self.tolerance:>9.1e}  {status}"
+        )
+
+
+def compare(name: str, ours: Any, ref: Any, tolerance: float) -> StageResult:
+    a, b = np.asarray(ours), np.asarray(ref)
+    if a.shape != b.shape:
+        raise ValueError(f"stage {name}: shape {a.shape} differs from the official {b.shape}")
+    if a.dtype.kind in "biu" or b.dtype.kind in "biu":
+        diff = float(np.count_nonzero(a.astype(np.int64) != b.astype(np.int64)))
+        return StageResult(name, a.shape, diff, diff / max(a.size, 1), 0.0, exact=True)
+    a64, b64 = a.astype(np.float64), b.astype(np.float64)
+    if not (np.all(np.isfinite(a64)) and np.all(np.isfinite(b64))):
+        return StageResult(name, a.shape, float("inf"), float("inf"), tolerance)
+    err = float(np.max(np.abs(a64 - b64))) if a.size else 0.0
+    scale = float(np.max(np.abs(b64))) if b.size else 0.0
+    return StageResult(name, a.shape, err, err / scale if scale > 0 else err, tolerance)
+
+
+def sample_images(image_size: int, batch: int, seed: int) -> tuple[np.ndarray, list[str]]:
+    """Real photos (scikit-image's bundled astronaut / chelsea / coffee), squashed to the model size
+    and normalised like the official processor ((x/255 - 0.5) / 0.5). Seeded noise images are used
+    only if scikit-image is not installed."""
+    from PIL import Image
+
+    try:
+        import skimage.data as sk
+
+        pool = [(f"skimage.data.{n}", getattr(sk, n)()) for n in ("astronaut", "chelsea", "coffee")]
+    except ImportError:
+        rng = np.random.default_rng(seed)
+        pool = [(f"noise{i}", rng.integers(0, 256, (image_size, image_size, 3), dtype=np.uint8)) for i in range(3)]
+    picked = [pool[(seed + i) % len(pool)] for i in range(batch)]
+    x = np.stack(
+        [np.asarray(Image.fromarray(img).resize((image_size, image_size), Image.BILINEAR)) for _, img in picked]
+    ).astype(np.float32)
+    return ((x / 255.0 - 0.5) / 0.5).astype(np.float32), [name for name, _ in picked]
+
+
+def _backbone_apply(cfg):
+    from sam3_jax.model.backbone import VLBackbone
+
+    model = VLBackbone(cfg)
+
+    @jax.jit
+    def image_fn(params, images):
+        return model.apply({"params": params}, images, method=VLBackbone.forward_image)
+
+    @jax.jit
+    def text_fn(params, tokens):
+        return model.apply({"params": params}, tokens, method=VLBackbone.forward_text)
+
+    return image_fn, text_fn
+
+
+def run_backbone_parity(
+    cfg,
+    *,
+    seed: int = 0,
+    batch: int = 2,
+    texts: Sequence[str] | None = None,
+    checkpoint: str | None = None,
+    tolerance: float = 1e-5,
+    log=print,
+) -> dict[str, Any]:
+    """Builds (or loads) the official backbone, converts it, runs both, compares every stage."""
+    import torch
+
+    from sam3_jax.convert import convert_backbone, load_state_dict
+    from sam3_jax.model.tokenizer import ClipTokenizer
+    from sam3_jax.parity import oracle
+
+    t0 = time.time()
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    if checkpoint:
+        state = load_state_dict(checkpoint)
+        ref_model = oracle.build_backbone(cfg)
+        sub = {k[len("detector."):] if k.startswith("detector.") else k: v for k, v in state.items()}
+        sub = {k: torch.from_numpy(np.asarray(v, dtype=np.float32) if np.asarray(v).dtype.kind == "f" else np.asarray(v))
+               for k, v in sub.items() if k.startswith("backbone.")}
+        missing, unexpected = ref_model.load_state_dict(sub, strict=False)
+        missing = [k for k in missing if not k.endswith("freqs_cis")]
+        if missing:
+            raise ValueError(f"checkpoint lacks official backbone keys, e.g. {missing[0]}")
+        ref_model.eval()
+    else:
+        ref_model = oracle.random_backbone(cfg, seed)
+        state = oracle.state_dict_numpy(ref_model)
+    log(f"official backbone ready ({time.time() - t0:.1f}s); converting")
+    params, report = convert_backbone(state, cfg)
+    log(report.summary())
+
+    images, image_names = sample_images(cfg.image_size, batch, seed)
+    texts = list(texts or DEFAULT_TEXTS)
+    texts = (texts * batch)[:batch] if len(texts) < batch else texts[:batch]
+
+    t1 = time.time()
+    ref = oracle.run_backbone(ref_model, images, texts)
+    t_ref = time.time() - t1
+
+    image_fn, text_fn = _backbone_apply(cfg)
+    tokens = ClipTokenizer()(texts, context_length=cfg.text.context_length)
+    t1 = time.time()
+    ours = jax.block_until_ready(image_fn(params["backbone"], jnp.asarray(images)))
+    ours_text = jax.block_until_ready(text_fn(params["backbone"], jnp.asarray(tokens)))
+    t_ours = time.time() - t1
+
+    stages = [compare("trunk", ours["trunk"], ref["trunk"], tolerance)]
+    for i, (f, p) in enumerate(zip(ours["all_levels"], ref["levels"])):
+        stages.append(compare(f"neck.convs.{i}", f, p, tolerance))
+    for i, (f, p) in enumerate(zip(ours["all_pos"], ref["pos"])):
+        stages.append(compare(f"neck.pos.{i}", f, p, tolerance))
+    if "sam2_levels" in ref:
+        for i, (f, p) in enumerate(zip(ours["sam2_all_levels"], ref["sam2_levels"])):
+            stages.append(compare(f"neck.sam2_convs.{i}", f, p, tolerance))
+        for i, (f, p) in enumerate(zip(ours["sam2_all_pos"], ref["sam2_pos"])):
+            stages.append(compare(f"neck.sam2_pos.{i}", f, p, tolerance))
+    stages.append(compare("text.token_ids", tokens, ref["token_ids"], 0.0))
+    stages.append(compare("text.language_features", ours_text["language_features"], ref["language_features"], tolerance))
+    stages.append(compare("text.language_mask", ours_text["language_mask"], ref["language_mask"], 0.0))
+    stages.append(compare("text.language_embeds", ours_text["language_embeds"], ref["language_embeds"], tolerance))
+
+    header = f"{'stage':<28} {'shape':<22} {'max abs':>11} {'max rel':>11} {'tol':>9}  status"
+    log(header)
+    log("-" * len(header))
+    for s in stages:
+        log(s.row())
+    ok = all(s.ok for s in stages)
+    log(f"{'PASS' if ok else 'FAIL'}: {sum(s.ok for s in stages)}/{len(stages)} stages within tolerance")
+    return {
+        "ok": ok,
+        "variant": cfg.variant,
+        "seed": seed,
+        "batch": batch,
+        "checkpoint": checkpoint,
+        "images": image_names,
+        "texts": texts,
+        "tolerance": tolerance,
+        "matmul_precision": str(jax.config.jax_default_matmul_precision),
+        "seconds": {"official_forward": t_ref, "jax_forward_incl_compile": t_ours},
+        "conversion": report.to_json(),
+        "stages": [
+            {**dataclasses.asdict(s), "ok": s.ok, "shape": list(s.shape)} for s in stages
+        ],
+    }
+
+
+def write_report(report: dict[str, Any], path: str) -> None:
+    import os
+    import tempfile
+
+    d = os.path.dirname(os.path.abspath(path))
+    os.makedirs(d, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=d, suffix=".json.tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump(report, f, indent=2)
+    os.replace(tmp, path)
