@@ -59,7 +59,7 @@ class ConversionReport:
     recomputed: list[str]
     pending: dict[str, list[str]]  # part description -> official keys (image-model layout)
     num_params: int
-    num_source_elements: int
+    num_source_elements: int  # elements of the consumed (stored) official tensors
 
     def summary(self) -> str:
         lines = [
@@ -256,12 +256,13 @@ def convert(
     if unexpected:
         more = f" (and {len(unexpected) - 1} more)" if len(unexpected) > 1 else ""
         raise UnexpectedKeyError(f"unexpected key {unexpected[0]}{more}: no rule consumes it")
+    stored = sorted(consumed - set(recomputed))
     report = ConversionReport(
-        consumed=sorted(consumed - set(recomputed)),
+        consumed=stored,
         recomputed=recomputed,
         pending=dict(pending),
         num_params=sum(int(np.prod(v.shape)) for v in filled.values()),
-        num_source_elements=sum(int(np.prod(_shape(state[k]))) for k in consumed),
+        num_source_elements=sum(int(np.prod(_shape(state[k]))) for k in stored),
     )
     return _unflatten(filled), report
 

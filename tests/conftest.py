@@ -1,0 +1,39 @@
+"""Test-wide settings: fp32 matmuls at the highest precision (parity), quiet official warnings."""
+
+import os
+import sys
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TORCHDYNAMO_DISABLE", "1")
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
+
+jax.config.update("jax_default_matmul_precision", "highest")
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FIXTURES = os.path.join(REPO, "tests", "fixtures")
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> str:
+    return REPO
+
+
+@pytest.fixture(scope="session")
+def python() -> str:
+    return sys.executable
+
+
+@pytest.fixture(scope="session")
+def tiny_cfg():
+    from sam3_jax.config import model_config
+
+    return model_config("tiny")
+
+
+@pytest.fixture(scope="session")
+def full_cfg():
+    from sam3_jax.config import model_config
+
+    return model_config("full")

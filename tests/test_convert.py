@@ -1,0 +1,244 @@
+"""Converter: full official key table (shape-only), round trips through files, strict rejections."""
+
+import glob
+import os
+import re
+import subprocess
+
+import numpy as np
+import pytest
+
+from sam3_jax.convert import (
+    ConversionError,
+    DtypeError,
+    KeySpec,
+    MissingKeyError,
+    ShapeMismatchError,
+    UnexpectedKeyError,
+    convert_backbone,
+    load_state_dict,
+)
+from tests.conftest import FIXTURES
+
+TRUNK = "detector.backbone.vision_backbone.trunk"
+
+
+def official_key_table() -> dict[str, KeySpec]:
+    table = {}
+    with open(os.path.join(FIXTURES, "sam3_official_keys.tsv")) as f:
+        for line in f:
+            if line.startswith("#") or not line.strip():
+                continue
+            key, shape, dtype = line.rstrip("\n").split("\t")
+            dims = tuple(int(d) for d in shape.split("x")) if shape else ()
+            table[key] = KeySpec(dims, np.dtype(dtype))
+    return table
+
+
+def test_full_official_key_set_is_accounted_for(full_cfg):
+    table = official_key_table()
+    assert len(table) == 1465
+    params, report = convert_backbone(table, full_cfg, dry_run=True)
+    backbone_keys = [k for k in table if k.startswith("detector.backbone.")]
+    assert len(report.recomputed) == 32 and all(k.endswith("attn.freqs_cis") for k in report.recomputed)
+    assert len(report.consumed) == len(backbone_keys) - 32
+    pending = {part: sorted(keys) for part, keys in report.pending.items()}
+    expected = {
+        "geometry / exemplar encoder": [k[len("detector."):] for k in table if k.startswith("detector.geometry_encoder.")],
+        "fusion encoder": [k[len("detector."):] for k in table if k.startswith("detector.transformer.encoder.")],
+        "DETR decoder": [k[len("detector."):] for k in table if k.startswith("detector.transformer.decoder.")],
+        "dot-product scoring head": [k[len("detector."):] for k in table if k.startswith("detector.dot_prod_scoring.")],
+        "segmentation head": [k[len("detector."):] for k in table if k.startswith("detector.segmentation_head.")],
+        "tracker (video)": [k for k in table if k.startswith("tracker.")],
+    }
+    assert pending == {part: sorted(keys) for part, keys in expected.items()}
+    assert {k: len(v) for k, v in report.pending.items()} == {
+        "geometry / exemplar encoder": 76, "fusion encoder": 108, "DETR decoder": 175,
+        "dot-product scoring head": 10, "segmentation head": 28, "tracker (video)": 309,
+    }
+    # Every backbone parameter of the official model, element for element.
+    assert report.num_params == 446_237_696 + 2 * 7_802_112 + 353_724_672
+    assert report.num_source_elements == report.num_params
+
+
+@pytest.fixture(scope="module")
+def tiny_state(tiny_cfg):
+    from sam3_jax.parity import oracle
+
+    return oracle.state_dict_numpy(oracle.random_backbone(tiny_cfg, seed=5))
+
+
+@pytest.fixture(scope="module")
+def tiny_params(tiny_state, tiny_cfg):
+    return convert_backbone(tiny_state, tiny_cfg)[0]
+
+
+def assert_trees_equal(a, b):
+    import jax
+
+    la, ta = jax.tree_util.tree_flatten(a)
+    lb, tb = jax.tree_util.tree_flatten(b)
+    assert ta == tb
+    for x, y in zip(la, lb):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_layouts_move_every_value(tiny_state, tiny_params):
+    """Spot checks of the layout transforms against the official tensors."""
+    p = tiny_params["backbone"]
+    t = "backbone.vision_backbone.trunk"
+    qkv = tiny_state[f"{t}.blocks.2.attn.qkv.weight"]  # (3*64, 64), rows [q; k; v], head-major
+    q = p["vision_backbone"]["trunk"]["blocks"]["attn"]["query"]["kernel"][2]  # (64, 4, 16)
+    np.testing.assert_array_equal(np.asarray(q)[:, 1, :], qkv[16:32].T)
+    v = p["vision_backbone"]["trunk"]["blocks"]["attn"]["value"]["kernel"][2]
+    np.testing.assert_array_equal(np.asarray(v)[:, 3, :], qkv[128 + 48 : 128 + 64].T)
+    out = p["vision_backbone"]["trunk"]["blocks"]["attn"]["out"]["kernel"][2]  # (4, 16, 64)
+    np.testing.assert_array_equal(np.asarray(out).reshape(64, 64), tiny_state[f"{t}.blocks.2.attn.proj.weight"].T)
+    dconv = tiny_state["backbone.vision_backbone.convs.0.dconv_2x2_0.weight"]  # (in, out, 2, 2)
+    np.testing.assert_array_equal(
+        np.asarray(p["vision_backbone"]["convs"]["0"]["dconv_2x2_0"]["kernel"]), dconv.transpose(2, 3, 0, 1)
+    )
+    np.testing.assert_array_equal(
+        np.asarray(p["vision_backbone"]["trunk"]["pos_embed"]), tiny_state[f"{t}.pos_embed"]
+    )
+
+
+@pytest.mark.parametrize("fmt", ["pt", "safetensors", "npz"])
+def test_roundtrip_through_files(tmp_path, tiny_state, tiny_params, tiny_cfg, fmt):
+    import torch
+
+    sd = {f"detector.{k}": v for k, v in tiny_state.items()}
+    path = str(tmp_path / f"sam3.{fmt}")
+    if fmt == "pt":
+        torch.save({"model": {k: torch.from_numpy(v) for k, v in sd.items()}}, path)
+    elif fmt == "safetensors":
+        from safetensors.torch import save_file
+
+        save_file({k: torch.from_numpy(v) for k, v in sd.items()}, path)
+    else:
+        np.savez(path, **sd)
+    params, report = convert_backbone(load_state_dict(path), tiny_cfg)
+    assert_trees_equal(params, tiny_params)
+    assert report.pending == {}
+
+
+def test_bfloat16_checkpoint_loads(tmp_path, tiny_state, tiny_cfg):
+    import torch
+
+    path = str(tmp_path / "bf16.pt")
+    torch.save({k: torch.from_numpy(v).to(torch.bfloat16) if v.dtype == np.float32 else torch.from_numpy(v)
+                for k, v in tiny_state.items()}, path)
+    params, _ = convert_backbone(load_state_dict(path), tiny_cfg)
+    w = tiny_state["backbone.language_backbone.resizer.weight"]
+    np.testing.assert_allclose(np.asarray(params["backbone"]["language_backbone"]["resizer"]["kernel"]), w.T, rtol=1e-2, atol=1e-2)
+
+
+def test_pickle_is_refused(tmp_path):
+    import pickle
+
+    path = tmp_path / "evil.pt"
+    with open(path, "wb") as f:
+        pickle.dump({"x": np.ones(3), "obj": ValueError("not a tensor")}, f)
+    with pytest.raises(ValueError, match="weights-only"):
+        load_state_dict(str(path))
+
+
+def test_missing_file():
+    with pytest.raises(FileNotFoundError, match="nope.pt"):
+        load_state_dict("/nonexistent/nope.pt")
+
+
+def _tampered(state, **changes):
+    s = dict(state)
+    for k, v in changes.items():
+        if v is None:
+            s.pop(k)
+        else:
+            s[k] = v
+    return s
+
+
+KEY_W = "backbone.vision_backbone.trunk.blocks.1.mlp.fc1.weight"
+
+
+def test_rejects_missing_key(tiny_state, tiny_cfg):
+    with pytest.raises(MissingKeyError, match=re.escape(KEY_W)):
+        convert_backbone(_tampered(tiny_state, **{KEY_W: None}), tiny_cfg)
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "backbone.vision_backbone.trunk.blocks.0.attn.extra",
+        "backbone.vision_backbone.trunk.blocks.4.norm1.weight",  # a layer the config does not have
+        "backbone.vision_backbone.trunk.patch_embed.proj.bias",  # the patch conv has no bias
+        "something.else",
+    ],
+)
+def test_rejects_unexpected_key(tiny_state, tiny_cfg, key):
+    with pytest.raises(UnexpectedKeyError, match=re.escape(key)):
+        convert_backbone(_tampered(tiny_state, **{key: np.zeros(64, np.float32)}), tiny_cfg)
+
+
+def test_rejects_wrong_shape(tiny_state, tiny_cfg):
+    bad = tiny_state[KEY_W][:, :-1]
+    with pytest.raises(ShapeMismatchError, match=re.escape(KEY_W)):
+        convert_backbone(_tampered(tiny_state, **{KEY_W: bad}), tiny_cfg)
+
+
+def test_rejects_non_float_dtype(tiny_state, tiny_cfg):
+    bad = tiny_state[KEY_W].astype(np.int32)
+    with pytest.raises(DtypeError, match=re.escape(KEY_W)):
+        convert_backbone(_tampered(tiny_state, **{KEY_W: bad}), tiny_cfg)
+
+
+def test_rejects_checkpoint_of_another_config(tiny_state, tiny_cfg):
+    """Same tensor shapes but another window size: only the stored RoPE tables reveal it."""
+    cfg = tiny_cfg.copy_and_resolve_references()
+    cfg.vit.window_size = 4
+    with pytest.raises(ConversionError, match=r"freqs_cis"):
+        convert_backbone(tiny_state, cfg)
+
+
+def test_full_checkpoint_shapes_rejected_by_tiny_config(tiny_cfg):
+    with pytest.raises(ShapeMismatchError, match=re.escape(f"{TRUNK[len('detector.'):]}.pos_embed")):
+        convert_backbone(official_key_table(), tiny_cfg, dry_run=True)
+
+
+def test_convert_weights_cli(tmp_path, tiny_state, tiny_params, repo_root, python):
+    import torch
+
+    ckpt = tmp_path / "sam3.pt"
+    torch.save({"model": {f"detector.{k}": torch.from_numpy(v) for k, v in tiny_state.items()}}, ckpt)
+    out = tmp_path / "converted"
+    cmd = [python, "convert_weights.py", "--checkpoint", str(ckpt), "--output", str(out),
+           "--config", "configs/sam3.py:tiny"]
+    r = subprocess.run(cmd, cwd=repo_root, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    from sam3_jax.convert.checkpoint import load_converted, sha256_file
+
+    params, manifest = load_converted(str(out))
+    assert manifest["source"]["sha256"] == sha256_file(str(ckpt))
+    assert manifest["model_config"]["variant"] == "tiny"
+    assert manifest["num_params"] == 8_425_984
+    assert_trees_equal(params, tiny_params)
+    # Existing output is not overwritten without --overwrite.
+    r = subprocess.run(cmd, cwd=repo_root, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 1 and "already exists" in r.stderr
+
+
+def test_convert_weights_cli_failure_leaves_nothing(tmp_path, tiny_state, repo_root, python):
+    import torch
+
+    bad = _tampered(tiny_state, **{KEY_W: None})
+    ckpt = tmp_path / "bad.pt"
+    torch.save({f"detector.{k}": torch.from_numpy(v) for k, v in bad.items()}, ckpt)
+    out = tmp_path / "converted"
+    r = subprocess.run(
+        [python, "convert_weights.py", "--checkpoint", str(ckpt), "--output", str(out), "--config", "configs/sam3.py:tiny"],
+        cwd=repo_root, capture_output=True, text=True, timeout=300,
+    )
+    assert r.returncode == 1
+    assert f"detector.{KEY_W}" not in r.stderr and KEY_W in r.stderr
+    assert not out.exists()
+    assert glob.glob(str(tmp_path / ".converted*")) == []
