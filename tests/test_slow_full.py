@@ -1,4 +1,6 @@
-"""Full-size trunk + neck parity at 1008 px (slow: ~2-4 min, ~10 GB; run with `pytest -m slow`)."""
+"""Full-size trunk + neck parity at 1008 px (slow: about 2-3 min and 10 GB; `pytest -m slow`).
+
+Measured 2026-11-26 (2 CPU cores): trunk max abs 5.0e-5 / max rel 1.5e-6; neck levels max rel <= 3.2e-6."""
 
 import numpy as np
 import pytest
@@ -33,4 +35,4 @@ def test_full_config_trunk_and_neck_parity(full_cfg):
     results += [compare(f"pos.{i}", a, b, np.inf) for i, (a, b) in enumerate(zip(ours["all_pos"], ref["pos"]))]
     for r in results:
         print(r.row())
-        assert r.max_rel <= 1e-4, r.row()
+        assert r.max_rel <= 1e-5, r.row()
