@@ -5,6 +5,7 @@ scikit-image's bundled images. Every float stage within 1e-5 max abs error; ids 
 """
 
 import json
+import re
 import subprocess
 
 import numpy as np
@@ -73,3 +74,23 @@ def test_parity_cli_report_and_exit_status(tmp_path, repo_root, python):
     # An impossible tolerance must make the command fail.
     r = subprocess.run(cmd[:-2] + ["--tolerance", "1e-12"], cwd=repo_root, capture_output=True, text=True, timeout=600)
     assert r.returncode == 1 and "FAIL" in r.stdout
+
+
+def test_parity_with_checkpoint_file(tmp_path, tiny_cfg):
+    """`--checkpoint`: both models load the same official-layout file (sam3.pt: detector./tracker.)."""
+    import torch
+
+    from sam3_jax.parity import oracle
+    from sam3_jax.parity.run import run_backbone_parity
+
+    state = oracle.random_backbone(tiny_cfg, seed=21).state_dict()
+    ckpt = tmp_path / "sam3.pt"
+    torch.save({"model": {f"detector.{k}": v for k, v in state.items()}}, ckpt)
+    report = run_backbone_parity(tiny_cfg, seed=0, checkpoint=str(ckpt), log=lambda *_: None)
+    assert report["ok"], [s for s in report["stages"] if not s["ok"]]
+    assert report["checkpoint"] == str(ckpt)
+    # The file is what both sides read: a file lacking a backbone tensor is refused, naming it.
+    key = "backbone.vision_backbone.trunk.blocks.1.norm2.weight"
+    torch.save({f"detector.{k}": v for k, v in state.items() if k != key}, ckpt)
+    with pytest.raises(ValueError, match=re.escape(key)):
+        run_backbone_parity(tiny_cfg, seed=0, checkpoint=str(ckpt), log=lambda *_: None)
