@@ -213,3 +213,142 @@ def run_backbone(model: "torch.nn.Module", images_nhwc: np.ndarray, texts: list[
         out["sam2_levels"] = [_nhwc(f) for f in sam2_feats]
         out["sam2_pos"] = [_nhwc(p) for p in sam2_pos]
     return out
+
+
+def build_image_model(cfg, *, enable_segmentation: bool = True) -> "torch.nn.Module":
+    """The official `Sam3Image` (detector) at the sizes of a model config, assembled from the official
+    constructors exactly as `sam3.model_builder.build_sam3_image_model` assembles the released one
+    (dropout 0, eval mode). Its state-dict keys are the image-model layout (no `detector.` prefix)."""
+    try:
+        from sam3.model.decoder import TransformerDecoder, TransformerDecoderLayer
+        from sam3.model.encoder import TransformerEncoderFusion, TransformerEncoderLayer
+        from sam3.model.geometry_encoders import SequenceGeometryEncoder
+        from sam3.model.maskformer_segmentation import PixelDecoder, UniversalSegmentationHead
+        from sam3.model.memory import CXBlock
+        from sam3.model.model_misc import MLP, DotProductScoring, TransformerWrapper
+        from sam3.model.model_misc import MultiheadAttentionWrapper as MHA
+        from sam3.model.position_encoding import PositionEmbeddingSine
+        from sam3.model.sam3_image import Sam3Image
+    except ImportError as e:
+        raise ImportError(f"the official SAM 3 package (sam3=={OFFICIAL_VERSION}) is not installed") from e
+    d, heads, ffn = cfg.d_model, cfg.num_heads, cfg.dim_feedforward
+    with cuda_to_cpu():
+        backbone = build_backbone(cfg).backbone
+        enc_layer = TransformerEncoderLayer(
+            activation="relu", d_model=d, dim_feedforward=ffn, dropout=0.0, pos_enc_at_attn=True,
+            pos_enc_at_cross_attn_keys=False, pos_enc_at_cross_attn_queries=False, pre_norm=True,
+            self_attention=MHA(num_heads=heads, dropout=0.0, embed_dim=d, batch_first=True),
+            cross_attention=MHA(num_heads=heads, dropout=0.0, embed_dim=d, batch_first=True),
+        )
+        encoder = TransformerEncoderFusion(
+            layer=enc_layer, num_layers=cfg.encoder_layers, d_model=d, num_feature_levels=1, frozen=False,
+            use_act_checkpoint=False, add_pooled_text_to_img_feat=False, pool_text_with_mask=True,
+        )
+        dec_layer = TransformerDecoderLayer(
+            activation="relu", d_model=d, dim_feedforward=ffn, dropout=0.0,
+            cross_attention=MHA(num_heads=heads, dropout=0.0, embed_dim=d), n_heads=heads,
+            use_text_cross_attention=True,
+        )
+        decoder = TransformerDecoder(
+            layer=dec_layer, num_layers=cfg.decoder_layers, num_queries=cfg.num_queries, return_intermediate=True,
+            box_refine=True, num_o2m_queries=0, dac=True, boxRPB="log", d_model=d, frozen=False,
+            interaction_layer=None, dac_use_selfatt_ln=True, resolution=cfg.image_size, stride=cfg.vit.patch_size,
+            use_act_checkpoint=False, presence_token=True,
+        )
+        transformer = TransformerWrapper(encoder=encoder, decoder=decoder, d_model=d)
+        scoring = DotProductScoring(
+            d_model=d, d_proj=d,
+            prompt_mlp=MLP(input_dim=d, hidden_dim=ffn, output_dim=d, num_layers=2, dropout=0.0, residual=True,
+                           out_norm=torch.nn.LayerNorm(d)),
+        )
+        seg = None
+        if enable_segmentation:
+            seg = UniversalSegmentationHead(
+                hidden_dim=d, upsampling_stages=3, aux_masks=False, presence_head=False, dot_product_scorer=None,
+                act_ckpt=False, cross_attend_prompt=MHA(num_heads=heads, dropout=0.0, embed_dim=d),
+                pixel_decoder=PixelDecoder(num_upsampling_stages=3, interpolation_mode="nearest", hidden_dim=d),
+            )
+        geo_layer = TransformerEncoderLayer(
+            activation="relu", d_model=d, dim_feedforward=ffn, dropout=0.0, pos_enc_at_attn=False, pre_norm=True,
+            self_attention=MHA(num_heads=heads, dropout=0.0, embed_dim=d, batch_first=False),
+            pos_enc_at_cross_attn_queries=False, pos_enc_at_cross_attn_keys=True,
+            cross_attention=MHA(num_heads=heads, dropout=0.0, embed_dim=d, batch_first=False),
+        )
+        del CXBlock  # the geometry encoder of the release has no mask encoder
+        geometry = SequenceGeometryEncoder(
+            pos_enc=PositionEmbeddingSine(num_pos_feats=d, normalize=True, scale=None, temperature=10000),
+            encode_boxes_as_points=False, points_direct_project=True, points_pool=True, points_pos_enc=True,
+            boxes_direct_project=True, boxes_pool=True, boxes_pos_enc=True, d_model=d,
+            num_layers=cfg.geometry_layers, layer=geo_layer, use_act_ckpt=False, add_cls=True,
+            add_post_encode_proj=True,
+        )
+        model = Sam3Image(
+            backbone=backbone, transformer=transformer, input_geometry_encoder=geometry, segmentation_head=seg,
+            num_feature_levels=1, o2m_mask_predict=True, dot_prod_scoring=scoring, use_instance_query=False,
+            multimask_output=True, inst_interactive_predictor=None, matcher=None,
+        )
+    return model.eval()
+
+
+def random_image_model(cfg, seed: int) -> "torch.nn.Module":
+    """The official detector with seeded random weights plus per-tensor noise."""
+    torch.manual_seed(seed)
+    model = build_image_model(cfg)
+    init_uninitialized_(model, seed)
+    perturb_all_(model, seed)
+    return model
+
+
+@torch.no_grad()
+def run_image_model(
+    model: "torch.nn.Module",
+    images_nhwc: np.ndarray,
+    texts: list[str],
+    boxes: np.ndarray | None = None,
+    box_labels: np.ndarray | None = None,
+    box_mask: np.ndarray | None = None,
+) -> dict[str, Any]:
+    """Official `forward_grounding` for one prompt per image (prompt i on image i).
+
+    boxes: (B, N, 4) normalised cxcywh; box_labels: (B, N) bool/int (True/1 = positive);
+    box_mask: (B, N) bool, True = padding. Returns numpy arrays in the JAX layouts (batch-first, NHWC
+    for maps); `semantic_seg` becomes (B, H, W, 1).
+    """
+    from sam3.model.data_misc import FindStage
+    from sam3.model.geometry_encoders import Prompt
+
+    b = images_nhwc.shape[0]
+    images = torch.from_numpy(np.ascontiguousarray(images_nhwc.transpose(0, 3, 1, 2))).float()
+    with cuda_to_cpu():
+        backbone_out = model.backbone.forward_image(images)
+        backbone_out.update(model.backbone.forward_text(list(texts), device="cpu"))
+        ids = torch.arange(b, dtype=torch.long)
+        find = FindStage(
+            img_ids=ids, text_ids=ids, input_boxes=None, input_boxes_mask=None, input_boxes_label=None,
+            input_points=None, input_points_mask=None,
+        )
+        if boxes is None or boxes.shape[1] == 0:
+            prompt = model._get_dummy_prompt(num_prompts=b)
+        else:
+            n = boxes.shape[1]
+            mask = torch.zeros(b, n, dtype=torch.bool) if box_mask is None else torch.from_numpy(np.asarray(box_mask, bool))
+            labels = torch.ones(n, b, dtype=torch.long) if box_labels is None else torch.from_numpy(
+                np.asarray(box_labels).astype(np.int64).T.copy())
+            prompt = Prompt(
+                box_embeddings=torch.from_numpy(np.asarray(boxes, np.float32).transpose(1, 0, 2).copy()),
+                box_mask=mask,
+                box_labels=labels,
+            )
+        out = model.forward_grounding(backbone_out=backbone_out, find_input=find, find_target=None,
+                                      geometric_prompt=prompt)
+    res: dict[str, Any] = {
+        "pred_logits": out["pred_logits"].numpy(),
+        "pred_boxes": out["pred_boxes"].numpy(),
+        "pred_boxes_xyxy": out["pred_boxes_xyxy"].numpy(),
+        "pred_masks": out["pred_masks"].numpy(),
+        "semantic_seg": out["semantic_seg"].permute(0, 2, 3, 1).numpy(),
+        "presence_logit_dec": out["presence_logit_dec"].numpy(),
+        "queries": out["queries"].numpy(),
+        "encoder_hidden_states": out["encoder_hidden_states"].transpose(0, 1).numpy(),
+    }
+    return res

@@ -1,0 +1,97 @@
+"""Image preprocessing identical to the official `Sam3Processor`.
+
+The official processor squashes the uint8 image to a square (no letterbox) with torchvision's
+`v2.Resize` on a uint8 tensor, i.e. an antialiased bilinear resize computed in fixed point (int16
+weights, per-pass rounding, horizontal pass first, as in Pillow-SIMD), then scales to [0, 1] and
+normalises with mean = std = 0.5. `resize_uint8` reproduces that arithmetic in numpy on the host, so
+both implementations see bit-identical pixels.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+MEAN = 0.5
+STD = 0.5
+
+
+def _aa_weights(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """Per output index: window start, int16 weights (out, K), and their precision (bits)."""
+    scale = in_size / out_size
+    support = scale if scale >= 1.0 else 1.0  # bilinear: interp_size 2 -> half-width 1, widened by scale
+    invscale = 1.0 / scale if scale >= 1.0 else 1.0
+    k_max = int(np.ceil(support)) * 2 + 1
+    starts = np.zeros(out_size, np.int64)
+    weights = np.zeros((out_size, k_max), np.float64)
+    for i in range(out_size):
+        center = scale * (i + 0.5)
+        xmin = max(int(center - support + 0.5), 0)
+        xsize = min(int(center + support + 0.5), in_size) - xmin
+        xsize = min(max(xsize, 0), k_max)
+        x = (np.arange(xsize) + xmin - center + 0.5) * invscale
+        w = np.maximum(1.0 - np.abs(x), 0.0)
+        total = w.sum()
+        if total != 0.0:
+            w = w / total
+        starts[i] = xmin
+        weights[i, :xsize] = w
+    w_max = weights.max()
+    precision = 0
+    while precision < 22 and int(0.5 + w_max * (1 << (precision + 1))) < (1 << 15):
+        precision += 1
+    scaled = weights * (1 << precision)
+    w16 = np.where(scaled < 0, (-0.5 + scaled).astype(np.int32), (0.5 + scaled).astype(np.int32))
+    return starts, w16, precision
+
+
+def _resample_axis(x: np.ndarray, axis: int, out_size: int) -> np.ndarray:
+    in_size = x.shape[axis]
+    if in_size == out_size:
+        return x
+    starts, w16, precision = _aa_weights(in_size, out_size)
+    k = w16.shape[1]
+    idx = np.minimum(starts[:, None] + np.arange(k)[None, :], in_size - 1)  # padded taps have weight 0
+    xm = np.moveaxis(x, axis, 0).astype(np.int32)  # (in, ...); sums stay below 2**31
+    taps = xm[idx]  # (out, K, ...)
+    w = w16.reshape(w16.shape + (1,) * (taps.ndim - 2))
+    acc = (taps * w).sum(axis=1) + (1 << (precision - 1))
+    out = np.clip(acc >> precision, 0, 255).astype(np.uint8)
+    return np.moveaxis(out, 0, axis)
+
+
+def resize_uint8(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(H, W, C) uint8 -> (h, w, C) uint8, bit-identical to torchvision v2.Resize on a uint8 tensor."""
+    h, w = size
+    out = _resample_axis(image, 1, w)  # horizontal pass first
+    return _resample_axis(out, 0, h)
+
+
+def to_uint8_rgb(image: Any) -> np.ndarray:
+    """Validates a user image (HxWx3 uint8 array or PIL image) and returns it as an array."""
+    try:
+        from PIL import Image
+    except ImportError:  # pragma: no cover
+        Image = None
+    if Image is not None and isinstance(image, Image.Image):
+        if image.mode != "RGB":
+            raise ValueError(f"expected an RGB PIL image, got mode {image.mode!r} (convert it with .convert('RGB'))")
+        image = np.asarray(image)
+    if not isinstance(image, np.ndarray):
+        raise TypeError(f"image must be an HxWx3 uint8 numpy array or a PIL image, got {type(image).__name__}")
+    if image.dtype != np.uint8:
+        raise TypeError(f"image must have dtype uint8, got {image.dtype}")
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"image must have shape (H, W, 3), got {image.shape}")
+    if image.shape[0] == 0 or image.shape[1] == 0:
+        raise ValueError(f"image is empty: shape {image.shape}")
+    return np.ascontiguousarray(image)
+
+
+def preprocess(image: Any, resolution: int) -> np.ndarray:
+    """User image -> (resolution, resolution, 3) float32, normalised ((x/255 - 0.5) / 0.5)."""
+    img = to_uint8_rgb(image)
+    resized = resize_uint8(img, (resolution, resolution))
+    x = resized.astype(np.float32) / np.float32(255.0)
+    return ((x - np.float32(MEAN)) / np.float32(STD)).astype(np.float32)
