@@ -93,5 +93,6 @@ def preprocess(image: Any, resolution: int) -> np.ndarray:
     """User image -> (resolution, resolution, 3) float32, normalised ((x/255 - 0.5) / 0.5)."""
     img = to_uint8_rgb(image)
     resized = resize_uint8(img, (resolution, resolution))
-    x = resized.astype(np.float32) / np.float32(255.0)
+    # torchvision's ToDtype(float32, scale=True) multiplies by the float32 value of 1/255.
+    x = resized.astype(np.float32) * np.float32(1.0 / 255.0)
     return ((x - np.float32(MEAN)) / np.float32(STD)).astype(np.float32)

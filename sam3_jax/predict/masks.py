@@ -1,0 +1,58 @@
+"""Mask encodings and overlay pictures for predictor outputs."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+
+def rle_encode(mask: np.ndarray) -> dict[str, Any]:
+    """COCO-style uncompressed RLE of a (H, W) bool mask: run lengths over the column-major
+    (Fortran-order) pixel sequence, starting with a run of zeros (pycocotools' convention)."""
+    mask = np.asarray(mask, dtype=bool)
+    if mask.ndim != 2:
+        raise ValueError(f"RLE needs a 2D mask, got shape {mask.shape}")
+    flat = mask.ravel(order="F")
+    change = np.flatnonzero(np.diff(flat.astype(np.int8))) + 1
+    bounds = np.concatenate([[0], change, [flat.size]])
+    counts = np.diff(bounds).tolist()
+    if flat.size and flat[0]:
+        counts = [0] + counts
+    return {"size": [int(mask.shape[0]), int(mask.shape[1])], "counts": [int(c) for c in counts]}
+
+
+def rle_decode(rle: dict[str, Any]) -> np.ndarray:
+    h, w = rle["size"]
+    flat = np.zeros(h * w, dtype=bool)
+    pos, val = 0, False
+    for c in rle["counts"]:
+        flat[pos : pos + c] = val
+        pos += c
+        val = not val
+    return flat.reshape((h, w), order="F")
+
+
+_PALETTE = np.array(
+    [[230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200], [245, 130, 48], [145, 30, 180],
+     [70, 240, 240], [240, 50, 230], [210, 245, 60], [250, 190, 212], [0, 128, 128], [220, 190, 255]],
+    dtype=np.float32,
+)
+
+
+def overlay(image: np.ndarray, masks: np.ndarray, boxes: np.ndarray, scores: Sequence[float], *, alpha: float = 0.45):
+    """Draws masks (tinted), boxes and scores on an RGB uint8 image; returns a PIL image."""
+    from PIL import Image, ImageDraw
+
+    canvas = np.asarray(image, dtype=np.float32).copy()
+    for i, m in enumerate(np.asarray(masks, dtype=bool)):
+        color = _PALETTE[i % len(_PALETTE)]
+        canvas[m] = (1 - alpha) * canvas[m] + alpha * color
+    pil = Image.fromarray(np.clip(canvas, 0, 255).astype(np.uint8))
+    draw = ImageDraw.Draw(pil)
+    for i, (box, score) in enumerate(zip(np.asarray(boxes), scores)):
+        color = tuple(int(c) for c in _PALETTE[i % len(_PALETTE)])
+        x0, y0, x1, y1 = (float(v) for v in box)
+        draw.rectangle([x0, y0, x1, y1], outline=color, width=max(1, min(pil.size) // 200))
+        draw.text((x0 + 2, y0 + 2), f"{score:.2f}", fill=color)
+    return pil
