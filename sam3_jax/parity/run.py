@@ -51,10 +51,10 @@ def compare(name: str, ours: Any, ref: Any, tolerance: float) -> StageResult:
 
 
 def sample_images(image_size: int, batch: int, seed: int) -> tuple[np.ndarray, list[str]]:
-    """Real photos (scikit-image's bundled astronaut / chelsea / coffee), squashed to the model size
-    and normalised like the official processor ((x/255 - 0.5) / 0.5). Seeded noise images are used
-    only if scikit-image is not installed."""
-    from PIL import Image
+    """Real photos (scikit-image's bundled astronaut / chelsea / coffee) preprocessed exactly like the
+    official processor (square squash with torchvision's uint8 resize, (x/255 - 0.5) / 0.5). Seeded
+    noise images are used only if scikit-image is not installed."""
+    from sam3_jax.predict.preprocess import preprocess
 
     try:
         import skimage.data as sk
@@ -64,10 +64,8 @@ def sample_images(image_size: int, batch: int, seed: int) -> tuple[np.ndarray, l
         rng = np.random.default_rng(seed)
         pool = [(f"noise{i}", rng.integers(0, 256, (image_size, image_size, 3), dtype=np.uint8)) for i in range(3)]
     picked = [pool[(seed + i) % len(pool)] for i in range(batch)]
-    x = np.stack(
-        [np.asarray(Image.fromarray(img).resize((image_size, image_size), Image.BILINEAR)) for _, img in picked]
-    ).astype(np.float32)
-    return ((x / 255.0 - 0.5) / 0.5).astype(np.float32), [name for name, _ in picked]
+    x = np.stack([preprocess(img, image_size) for _, img in picked])
+    return x, [name for name, _ in picked]
 
 
 def _backbone_apply(cfg):
