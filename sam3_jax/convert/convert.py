@@ -18,7 +18,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from sam3_jax.convert.layouts import LeafMap
-from sam3_jax.convert.rules import PENDING_PARTS, Rule, backbone_rules
+from sam3_jax.convert.rules import (
+    PENDING_FOR_BACKBONE,
+    PENDING_FOR_IMAGE_MODEL,
+    Rule,
+    backbone_rules,
+    image_model_rules,
+)
 
 
 class ConversionError(ValueError):
@@ -172,12 +178,15 @@ def convert(
     param_dtype: Any = jnp.float32,
     dry_run: bool = False,
     rope_check=None,
+    pending_parts: Mapping[str, str] = PENDING_FOR_IMAGE_MODEL,
 ) -> tuple[dict[str, Any], ConversionReport]:
     """Converts `state` (official key -> array or KeySpec) into a nested param dict.
 
     target_shapes: nested dict of the Flax params (arrays or ShapeDtypeStructs) to fill.
     dry_run: check keys, shapes and dtypes only and return ShapeDtypeStructs.
     rope_check: optional callable(key, value) that validates a recomputed table.
+    pending_parts: official key prefix -> part name; unconsumed keys under these prefixes are
+    reported by part (parts this conversion does not cover); any other unconsumed key is an error.
     """
     state = normalize_keys(state)
     targets = _flatten(target_shapes)
@@ -248,7 +257,7 @@ def convert(
     pending: dict[str, list[str]] = defaultdict(list)
     unexpected = []
     for key in sorted(set(state) - consumed):
-        part = next((d for p, d in PENDING_PARTS.items() if key.startswith(p)), None)
+        part = next((d for p, d in pending_parts.items() if key.startswith(p)), None)
         if part is None:
             unexpected.append(key)
         else:
@@ -327,4 +336,24 @@ def convert_backbone(
         param_dtype=dtype,
         dry_run=dry_run,
         rope_check=make_rope_check(cfg),
+        pending_parts=PENDING_FOR_BACKBONE,
+    )
+
+
+def convert_image_model(
+    state: Mapping[str, Any], cfg, *, dry_run: bool = False, param_dtype: Any = None, rules=None
+) -> tuple[dict[str, Any], ConversionReport]:
+    """Official state dict (`sam3.pt` or image-model layout) -> params of the whole image detector.
+    Tracker keys are reported as not converted."""
+    from sam3_jax.model.sam3_image import image_model_target_shapes
+
+    dtype = jnp.dtype(param_dtype or cfg.param_dtype)
+    return convert(
+        state,
+        image_model_target_shapes(cfg),
+        image_model_rules(cfg) if rules is None else rules,
+        param_dtype=dtype,
+        dry_run=dry_run,
+        rope_check=make_rope_check(cfg),
+        pending_parts=PENDING_FOR_IMAGE_MODEL,
     )

@@ -33,16 +33,23 @@ class Rule:
         return "{i}" in self.src
 
 
-# Official top-level prefixes of parts that sam3_jax does not build yet, and what they are.
-PENDING_PARTS = {
+# Official top-level prefixes of the detector parts after the backbone, and what they are.
+DETECTOR_HEAD_PARTS = {
     "geometry_encoder.": "geometry / exemplar encoder",
     "transformer.encoder.": "fusion encoder",
     "transformer.decoder.": "DETR decoder",
     "dot_prod_scoring.": "dot-product scoring head",
     "segmentation_head.": "segmentation head",
+}
+# Official parts that sam3_jax does not build yet.
+TRACKER_PARTS = {
     "tracker.": "tracker (video)",
     "inst_interactive_predictor.model.": "tracker (instance interactivity)",
 }
+# What a conversion may leave unconverted, per target: keys under these prefixes are reported by
+# part instead of being rejected.
+PENDING_FOR_BACKBONE = {**DETECTOR_HEAD_PARTS, **TRACKER_PARTS}
+PENDING_FOR_IMAGE_MODEL = dict(TRACKER_PARTS)
 
 _NECK_BRANCH_MODULES = {
     4.0: (("dconv_2x2_0", CONV_TRANSPOSE), ("dconv_2x2_1", CONV_TRANSPOSE)),
@@ -88,3 +95,13 @@ def backbone_rules(cfg) -> list[Rule]:
         Rule(f"{lb}.resizer", f"{ld}/resizer", DENSE),
     ]
     return rules
+
+
+def image_model_rules(cfg) -> list[Rule]:
+    """Rules for the whole image detector: backbone, geometry encoder, fusion encoder, decoder,
+    dot-product scoring and segmentation head (each part's table lives in its own module)."""
+    from sam3_jax.convert.rules_geometry import geometry_encoder_rules
+    from sam3_jax.convert.rules_segmentation import segmentation_rules
+    from sam3_jax.convert.rules_transformer import transformer_rules
+
+    return backbone_rules(cfg) + geometry_encoder_rules(cfg) + transformer_rules(cfg) + segmentation_rules(cfg)

@@ -1,0 +1,125 @@
+"""Fusion encoder of SAM 3 (official: sam3/model/encoder.py, `TransformerEncoderFusion` built by
+`model_builder._create_transformer_encoder`).
+
+The image tokens of the single feature level (B, H*W, C), row-major, attend to themselves and then
+to the prompt sequence (text + geometry tokens). Each of the `num_layers` identical layers is
+pre-norm:
+
+    y = norm1(x);  x = x + self_attn(q = k = y + pos, v = y)
+    y = norm2(x);  x = x + cross_attn_image(q = y, k = v = prompt)    (prompt padding masked)
+    y = norm3(x);  x = x + linear2(relu(linear1(y)))
+
+There is no final norm, no level embedding (one level) and no pooled-text addition (the released
+config disables `add_pooled_text_to_img_feat`, so `text_pooling_proj` does not exist). The prompt is
+not updated. Everything is batch-first; the official returns the same tensor sequence-first.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from sam3_jax.layers import partitioning as P
+from sam3_jax.layers.attention import MultiHeadAttention
+from sam3_jax.layers.core import Dense, LayerNorm
+from sam3_jax.layers.stack import scanned
+
+Dtype = Any
+
+
+def key_padding_to_mask(pad: jax.Array) -> jax.Array:
+    """(B, T) bool, True = padding -> attention mask (B, 1, 1, T), True = attend.
+
+    A row whose keys are all padding gives NaN in torch; here it averages over the padded keys.
+    """
+    return ~pad[:, None, None, :]
+
+
+class FusionEncoderLayer(nn.Module):
+    num_heads: int
+    dim_feedforward: int
+    attention_impl: Optional[str] = None
+    dtype: Dtype | None = None
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, pos: jax.Array, prompt: jax.Array, prompt_mask: jax.Array):
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        mha = dict(attention_impl=self.attention_impl, **kw)
+        d = x.shape[-1]
+        x = P.constrain(x, (P.BATCH, P.LENGTH, P.ACT_EMBED))
+
+        y = LayerNorm(name="norm1", **kw)(x)
+        qk = y + pos.astype(y.dtype)
+        x = x + MultiHeadAttention(self.num_heads, name="self_attn", **mha)(qk, qk, y)
+
+        y = LayerNorm(name="norm2", **kw)(x)
+        x = x + MultiHeadAttention(self.num_heads, name="cross_attn_image", **mha)(
+            y, prompt, prompt, mask=key_padding_to_mask(prompt_mask)
+        )
+
+        y = LayerNorm(name="norm3", **kw)(x)
+        y = Dense(self.dim_feedforward, (P.EMBED, P.MLP), name="linear1", **kw)(y)
+        y = Dense(d, (P.MLP, P.EMBED), name="linear2", **kw)(jax.nn.relu(y))
+        return x + y, None
+
+
+class FusionEncoder(nn.Module):
+    """Official `transformer.encoder`: scanned pre-norm layers under `layers`."""
+
+    num_layers: int
+    num_heads: int
+    dim_feedforward: int
+    attention_impl: Optional[str] = None
+    remat: str = "none"
+    dtype: Dtype | None = None
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, img: jax.Array, img_pos: jax.Array, prompt: jax.Array, prompt_mask: jax.Array) -> jax.Array:
+        """img, img_pos (B, HW, C); prompt (B, P, C); prompt_mask (B, P) bool, True = padding.
+
+        Returns the encoded image tokens `memory` (B, HW, C).
+        """
+        if img.ndim != 3 or img_pos.shape != img.shape:
+            raise ValueError(
+                f"img and img_pos must both be (B, HW, C), got {tuple(img.shape)} and {tuple(img_pos.shape)}"
+            )
+        if prompt.ndim != 3 or prompt.shape[0] != img.shape[0] or prompt.shape[-1] != img.shape[-1]:
+            raise ValueError(f"prompt must be (B, P, C) matching img {tuple(img.shape)}, got {tuple(prompt.shape)}")
+        if prompt_mask.shape != prompt.shape[:2] or prompt_mask.dtype != jnp.bool_:
+            raise ValueError(
+                f"prompt_mask must be a bool (B, P) array (True = padding), got {prompt_mask.dtype} "
+                f"{tuple(prompt_mask.shape)}"
+            )
+        dtype = self.dtype or img.dtype
+        Layers = scanned(
+            FusionEncoderLayer,
+            length=self.num_layers,
+            in_axes=(nn.broadcast, nn.broadcast, nn.broadcast),
+            remat=self.remat,
+        )
+        x, _ = Layers(
+            self.num_heads,
+            self.dim_feedforward,
+            self.attention_impl,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            name="layers",
+        )(img.astype(dtype), img_pos.astype(dtype), prompt.astype(dtype), prompt_mask)
+        return x
+
+
+def fusion_encoder_from_config(cfg) -> FusionEncoder:
+    return FusionEncoder(
+        num_layers=cfg.encoder_layers,
+        num_heads=cfg.num_heads,
+        dim_feedforward=cfg.dim_feedforward,
+        attention_impl=cfg.attention_impl,
+        remat=cfg.remat,
+        dtype=jnp.dtype(cfg.dtype),
+        param_dtype=jnp.dtype(cfg.param_dtype),
+    )

@@ -1,0 +1,159 @@
+"""The SAM 3 image detector (official: sam3/model/sam3_image.py, `Sam3Image`).
+
+image -> backbone (trunk + necks) ; text -> text encoder ;
+prompt = [text tokens ; geometry tokens (exemplar boxes + CLS)] ->
+fusion encoder over the 1x image level (cross-attending to the prompt) ->
+decoder (queries + presence token, box refinement, boxRPB) ->
+dot-product scoring against the prompt, box head, segmentation head.
+
+Output names are the official ones, batch-first: `pred_logits` (B, Q, 1), `pred_boxes` (B, Q, 4)
+cxcywh in [0, 1], `pred_boxes_xyxy`, `pred_masks` (B, Q, 4g, 4g) mask logits, `semantic_seg`
+(B, 4g, 4g, 1), `presence_logit_dec` (B, 1), `queries` (B, Q, C), `encoder_hidden_states`
+(B, g*g, C); per-decoder-layer values are in `aux` (stacked over layers) for parity.
+The final score of a query is sigmoid(pred_logit) * sigmoid(presence_logit_dec), as in the
+official processor (the image model does not fold presence into `pred_logits`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from sam3_jax.config import validate_model_config
+from sam3_jax.model.backbone import VLBackbone
+from sam3_jax.model.decoder import decoder_from_config
+from sam3_jax.model.encoder import fusion_encoder_from_config
+from sam3_jax.model.geometry_encoder import geometry_encoder_from_config
+from sam3_jax.model.scoring import dot_product_scoring_from_config
+from sam3_jax.model.segmentation import segmentation_head_from_config
+
+# Official top-level parts of the detector (keys of a converted checkpoint's param tree).
+DETECTOR_PARTS = (
+    "geometry / exemplar encoder", "fusion encoder", "DETR decoder", "dot-product scoring head", "segmentation head",
+)
+
+
+class Transformer(nn.Module):
+    """Container mirroring the official `TransformerWrapper` (`transformer.encoder`, `transformer.decoder`)."""
+
+    config: Any
+
+    def setup(self):
+        self.encoder = fusion_encoder_from_config(self.config)
+        self.decoder = decoder_from_config(self.config)
+
+
+class Sam3Image(nn.Module):
+    config: Any  # model ConfigDict (sam3_jax.config.model_config)
+
+    def setup(self):
+        cfg = self.config
+        validate_model_config(cfg)
+        self.backbone = VLBackbone(cfg)
+        self.geometry_encoder = geometry_encoder_from_config(cfg)
+        self.transformer = Transformer(cfg)
+        self.dot_prod_scoring = dot_product_scoring_from_config(cfg)
+        self.segmentation_head = segmentation_head_from_config(cfg)
+
+    # ------------------------------------------------------------------ encoders
+    def forward_image(self, images: jax.Array, **kw) -> dict[str, Any]:
+        return self.backbone.forward_image(images, **kw)
+
+    def forward_image_for_grounding(self, images: jax.Array) -> dict[str, Any]:
+        """Just what grounding needs from the image (what a predictor caches)."""
+        out = self.backbone.forward_image(images)
+        return {"backbone_fpn": out["backbone_fpn"], "vision_pos_enc": out["vision_pos_enc"]}
+
+    def forward_text(self, tokens: jax.Array) -> dict[str, jax.Array]:
+        return self.backbone.forward_text(tokens)
+
+    # ------------------------------------------------------------------ grounding
+    def forward_grounding(
+        self,
+        image_out: dict[str, Any],
+        text_out: dict[str, jax.Array],
+        boxes: jax.Array,
+        box_labels: jax.Array,
+        box_mask: jax.Array,
+        img_ids: Optional[jax.Array] = None,
+    ) -> dict[str, Any]:
+        """One prompt per row: text_out rows (B_p, T, C), boxes (B_p, N, 4) normalised cxcywh,
+        box_labels (B_p, N) int (1 positive / 0 negative), box_mask (B_p, N) bool True = padding.
+        img_ids (B_p,) picks the image of each prompt from image_out's batch (default: row i ->
+        image i, or image 0 for every prompt when image_out holds one image)."""
+        fpn = list(image_out["backbone_fpn"])
+        pos = list(image_out["vision_pos_enc"])
+        n_prompts = text_out["language_features"].shape[0]
+        n_images = fpn[-1].shape[0]
+        if img_ids is not None:
+            fpn = [jnp.take(f, img_ids, axis=0) for f in fpn]
+            pos = [jnp.take(p, img_ids, axis=0) for p in pos]
+        elif n_images != n_prompts:
+            if n_images != 1:
+                raise ValueError(f"{n_prompts} prompts for {n_images} images: pass img_ids")
+            fpn = [jnp.broadcast_to(f, (n_prompts,) + f.shape[1:]) for f in fpn]
+            pos = [jnp.broadcast_to(p, (n_prompts,) + p.shape[1:]) for p in pos]
+        feats, feat_pos = fpn[-1], pos[-1]
+        b, h, w, c = feats.shape
+
+        geo, geo_mask = self.geometry_encoder(
+            boxes=boxes, box_labels=box_labels, box_mask=box_mask, img_feats=feats, img_pos=feat_pos
+        )
+        prompt = jnp.concatenate([text_out["language_features"].astype(geo.dtype), geo], axis=1)
+        prompt_mask = jnp.concatenate([text_out["language_mask"], geo_mask], axis=1)
+
+        img_tokens = feats.reshape(b, h * w, c)
+        img_pos = feat_pos.reshape(b, h * w, c)
+        memory = self.transformer.encoder(img_tokens, img_pos, prompt, prompt_mask)
+        dec = self.transformer.decoder(memory, img_pos, (h, w), prompt, prompt_mask)
+        logits = self.dot_prod_scoring(dec["hs"], prompt, prompt_mask)  # (L, B, Q, 1)
+        seg = self.segmentation_head(fpn, memory, prompt, prompt_mask, dec["hs"][-1])
+        return {
+            "pred_logits": logits[-1],
+            "pred_boxes": dec["pred_boxes"][-1],
+            "pred_boxes_xyxy": dec["pred_boxes_xyxy"][-1],
+            "pred_masks": seg["pred_masks"],
+            "semantic_seg": seg["semantic_seg"],
+            "presence_logit_dec": dec["presence_logits"][-1],
+            "presence_feats": dec["presence_feats"],
+            "queries": dec["hs"][-1],
+            "encoder_hidden_states": memory,
+            "prompt": prompt,
+            "prompt_mask": prompt_mask,
+            "aux": {
+                "pred_logits": logits,
+                "pred_boxes": dec["pred_boxes"],
+                "pred_boxes_xyxy": dec["pred_boxes_xyxy"],
+                "presence_logit_dec": dec["presence_logits"],
+                "hs": dec["hs"],
+                "reference_boxes": dec["reference_boxes"],
+            },
+        }
+
+    def forward_prompts(self, image_out, tokens, boxes, box_labels, box_mask) -> dict[str, Any]:
+        """Text tokens + boxes for one cached image (or one per prompt) -> grounding outputs."""
+        return self.forward_grounding(image_out, self.forward_text(tokens), boxes, box_labels, box_mask)
+
+    def __call__(self, images, tokens, boxes, box_labels, box_mask) -> dict[str, Any]:
+        image_out = self.forward_image(images)
+        return self.forward_grounding(image_out, self.forward_text(tokens), boxes, box_labels, box_mask)
+
+
+def image_model_target_shapes(cfg, dtype: Any = jnp.float32) -> dict[str, Any]:
+    """Abstract params of the image model (`jax.eval_shape`, no allocation), in `dtype`."""
+    model = Sam3Image(cfg)
+    s, t = cfg.image_size, cfg.text.context_length
+    shapes = jax.eval_shape(
+        model.init,
+        jax.random.key(0),
+        jax.ShapeDtypeStruct((1, s, s, 3), jnp.float32),
+        jax.ShapeDtypeStruct((1, t), jnp.int32),
+        jax.ShapeDtypeStruct((1, 1, 4), jnp.float32),
+        jax.ShapeDtypeStruct((1, 1), jnp.int32),
+        jax.ShapeDtypeStruct((1, 1), jnp.bool_),
+    )
+    params = nn.meta.unbox(shapes)["params"]
+    return jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, dtype), params)
