@@ -16,6 +16,7 @@ from sam3_jax.convert import (
     ShapeMismatchError,
     UnexpectedKeyError,
     convert_backbone,
+    convert_image_model,
     load_state_dict,
 )
 from tests.conftest import FIXTURES
@@ -59,6 +60,24 @@ def test_full_official_key_set_is_accounted_for(full_cfg):
     # Every backbone parameter of the official model, element for element.
     assert report.num_params == 446_237_696 + 2 * 7_802_112 + 353_724_672
     assert report.num_source_elements == report.num_params
+
+
+def test_full_official_key_set_image_model(full_cfg):
+    """Every detector key is converted; only the tracker is left, reported as such."""
+    table = official_key_table()
+    _, report = convert_image_model(table, full_cfg, dry_run=True)
+    detector = [k for k in table if k.startswith("detector.")]
+    assert len(report.consumed) + len(report.recomputed) == len(detector) == 1156
+    assert {k: len(v) for k, v in report.pending.items()} == {"tracker (video)": 309}
+    # 840,509,750 (official image model) + the tracker neck sam2_convs the checkpoint also holds.
+    assert report.num_params == 840_509_750 + 7_802_112
+
+
+@pytest.fixture(scope="module")
+def tiny_image_state(tiny_cfg):
+    from sam3_jax.parity import oracle
+
+    return oracle.state_dict_numpy(oracle.random_image_model(tiny_cfg, seed=6))
 
 
 @pytest.fixture(scope="module")
@@ -205,11 +224,11 @@ def test_full_checkpoint_shapes_rejected_by_tiny_config(tiny_cfg):
         convert_backbone(official_key_table(), tiny_cfg, dry_run=True)
 
 
-def test_convert_weights_cli(tmp_path, tiny_state, tiny_params, repo_root, python):
+def test_convert_weights_cli(tmp_path, tiny_image_state, tiny_cfg, repo_root, python):
     import torch
 
     ckpt = tmp_path / "sam3.pt"
-    torch.save({"model": {f"detector.{k}": torch.from_numpy(v) for k, v in tiny_state.items()}}, ckpt)
+    torch.save({"model": {f"detector.{k}": torch.from_numpy(v) for k, v in tiny_image_state.items()}}, ckpt)
     out = tmp_path / "converted"
     cmd = [python, "convert_weights.py", "--checkpoint", str(ckpt), "--output", str(out),
            "--config", "configs/sam3.py:tiny"]
@@ -220,17 +239,18 @@ def test_convert_weights_cli(tmp_path, tiny_state, tiny_params, repo_root, pytho
     params, manifest = load_converted(str(out))
     assert manifest["source"]["sha256"] == sha256_file(str(ckpt))
     assert manifest["model_config"]["variant"] == "tiny"
-    assert manifest["num_params"] == 8_425_984
-    assert_trees_equal(params, tiny_params)
+    assert manifest["num_params"] == 18_765_398
+    assert manifest["not_converted"] == {}
+    assert_trees_equal(params, convert_image_model(tiny_image_state, tiny_cfg)[0])
     # Existing output is not overwritten without --overwrite.
     r = subprocess.run(cmd, cwd=repo_root, capture_output=True, text=True, timeout=300)
     assert r.returncode == 1 and "already exists" in r.stderr
 
 
-def test_convert_weights_cli_failure_leaves_nothing(tmp_path, tiny_state, repo_root, python):
+def test_convert_weights_cli_failure_leaves_nothing(tmp_path, tiny_image_state, repo_root, python):
     import torch
 
-    bad = _tampered(tiny_state, **{KEY_W: None})
+    bad = _tampered(tiny_image_state, **{KEY_W: None})
     ckpt = tmp_path / "bad.pt"
     torch.save({f"detector.{k}": torch.from_numpy(v) for k, v in bad.items()}, ckpt)
     out = tmp_path / "converted"
@@ -242,3 +262,28 @@ def test_convert_weights_cli_failure_leaves_nothing(tmp_path, tiny_state, repo_r
     assert f"detector.{KEY_W}" not in r.stderr and KEY_W in r.stderr
     assert not out.exists()
     assert glob.glob(str(tmp_path / ".converted*")) == []
+
+
+def test_convert_weights_cli_rejects_checkpoint_of_another_config(tmp_path, tiny_image_state, repo_root, python):
+    import torch
+
+    ckpt = tmp_path / "tiny.pt"
+    torch.save({f"detector.{k}": torch.from_numpy(v) for k, v in tiny_image_state.items()}, ckpt)
+    out = tmp_path / "converted"
+    r = subprocess.run(
+        [python, "convert_weights.py", "--checkpoint", str(ckpt), "--output", str(out), "--config", "configs/sam3.py:full"],
+        cwd=repo_root, capture_output=True, text=True, timeout=300,
+    )
+    assert r.returncode == 1
+    assert "key backbone.vision_backbone.trunk.pos_embed: expected shape (1, 577, 1024)" in r.stderr
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "key",
+    ["transformer.decoder.layers.1.cross_attn.in_proj_weight", "geometry_encoder.boxes_pool_project.weight",
+     "segmentation_head.pixel_decoder.conv_layers.2.weight", "dot_prod_scoring.prompt_mlp.out_norm.bias"],
+)
+def test_image_model_rejects_missing_detector_key(tiny_image_state, tiny_cfg, key):
+    with pytest.raises(MissingKeyError, match=re.escape(key)):
+        convert_image_model(_tampered(tiny_image_state, **{key: None}), tiny_cfg)

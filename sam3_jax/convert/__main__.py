@@ -1,8 +1,9 @@
 """`convert_weights.py --checkpoint sam3.pt --output DIR [--config configs/sam3.py:full] [--dtype float32|bfloat16]`
 
-Converts the official checkpoint strictly into an Orbax param tree in DIR plus `manifest.json`
-(source sha256, model config, key and parameter counts, dtype, and the official parts not converted
-yet). Exit status 1 on a conversion error (the message names the key), 2 on bad usage.
+Converts every `detector.*` key of the official checkpoint strictly into the image model's Orbax
+param tree in DIR plus `manifest.json` (source sha256, model config, key and parameter counts,
+dtype, and the official parts not converted yet: the `tracker.*` keys until the tracker lands).
+Exit status 1 on a conversion error (the message names the key), 2 on bad usage.
 """
 
 from __future__ import annotations
@@ -30,21 +31,19 @@ def main(argv) -> int:
     from tqdm import tqdm
 
     from sam3_jax.convert.checkpoint import build_manifest, save_converted
-    from sam3_jax.convert.convert import ConversionError, backbone_target_shapes, convert, make_rope_check
+    from sam3_jax.convert.convert import ConversionError, convert_image_model
     from sam3_jax.convert.load import load_state_dict
-    from sam3_jax.convert.rules import backbone_rules
+    from sam3_jax.convert.rules import image_model_rules
 
     cfg = _CONFIG.value.model
     try:
         print(f"reading {_CHECKPOINT.value}")
         state = load_state_dict(_CHECKPOINT.value)
-        rules = backbone_rules(cfg)
-        params, report = convert(
+        params, report = convert_image_model(
             state,
-            backbone_target_shapes(cfg),
-            tqdm(rules, desc="converting", unit="module"),
+            cfg,
             param_dtype=jnp.dtype(_DTYPE.value),
-            rope_check=make_rope_check(cfg),
+            rules=tqdm(image_model_rules(cfg), desc="converting", unit="module"),
         )
         print(report.summary())
         manifest = build_manifest(source=_CHECKPOINT.value, cfg=cfg, report=report, dtype=_DTYPE.value, params=params)

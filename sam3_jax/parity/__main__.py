@@ -18,7 +18,8 @@ _CONFIG = define_config_flag("configs/sam3.py:tiny")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the random official weights and of the input choice.")
 _BATCH = flags.DEFINE_integer("batch", 2, "Batch size (images and prompts).")
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Official sam3.pt (or .safetensors / .npz) to use instead of random weights.")
-_TOL = flags.DEFINE_float("tolerance", 1e-5, "Max abs error allowed per float stage.")
+_TOL = flags.DEFINE_float("tolerance", 1e-5, "Max abs error allowed per float encoder stage.")
+_DET_TOL = flags.DEFINE_float("detector_tolerance", 1e-4, "Max abs error allowed per detector output.")
 _REPORT = flags.DEFINE_string("report", None, "Where to write the JSON report (default: print only).")
 _TEXTS = flags.DEFINE_multi_string("text", None, "Text prompt(s) (repeat the flag); default: two built-in phrases.")
 
@@ -31,15 +32,16 @@ def main(argv):
     apply_numerics(cfg)
     if _BATCH.value < 1:
         raise app.UsageError("--batch must be >= 1")
-    from sam3_jax.parity.run import run_backbone_parity, write_report
+    from sam3_jax.parity.run import run_parity, write_report
 
-    report = run_backbone_parity(
+    report = run_parity(
         cfg.model,
         seed=_SEED.value,
         batch=_BATCH.value,
         texts=_TEXTS.value,
         checkpoint=_CHECKPOINT.value,
         tolerance=_TOL.value,
+        detector_tolerance=_DET_TOL.value,
     )
     if _REPORT.value:
         write_report(report, _REPORT.value)

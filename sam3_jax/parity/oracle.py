@@ -299,56 +299,59 @@ def random_image_model(cfg, seed: int) -> "torch.nn.Module":
     return model
 
 
+def _geometric_prompt(b: int, boxes, box_labels, box_mask, model):
+    from sam3.model.geometry_encoders import Prompt
+
+    if boxes is None or boxes.shape[1] == 0:
+        return model._get_dummy_prompt(num_prompts=b)
+    n = boxes.shape[1]
+    mask = torch.zeros(b, n, dtype=torch.bool) if box_mask is None else torch.from_numpy(np.asarray(box_mask, bool))
+    labels = (torch.ones(n, b, dtype=torch.long) if box_labels is None
+              else torch.from_numpy(np.asarray(box_labels).astype(np.int64).T.copy()))
+    return Prompt(
+        box_embeddings=torch.from_numpy(np.asarray(boxes, np.float32).transpose(1, 0, 2).copy()),
+        box_mask=mask,
+        box_labels=labels,
+    )
+
+
 @torch.no_grad()
 def run_image_model(
     model: "torch.nn.Module",
     images_nhwc: np.ndarray,
-    texts: list[str],
-    boxes: np.ndarray | None = None,
-    box_labels: np.ndarray | None = None,
-    box_mask: np.ndarray | None = None,
-) -> dict[str, Any]:
-    """Official `forward_grounding` for one prompt per image (prompt i on image i).
-
-    boxes: (B, N, 4) normalised cxcywh; box_labels: (B, N) bool/int (True/1 = positive);
-    box_mask: (B, N) bool, True = padding. Returns numpy arrays in the JAX layouts (batch-first, NHWC
-    for maps); `semantic_seg` becomes (B, H, W, 1).
-    """
+    prompts: list[dict[str, Any]],
+) -> list[dict[str, Any]]:
+    """Official `forward_grounding`, one prompt per image (prompt row i on image i), for each prompt
+    set in `prompts` (dicts with `texts` and optional `boxes` (B, N, 4) normalised cxcywh,
+    `box_labels` (B, N) bool/int (True/1 = positive), `box_mask` (B, N) bool True = padding).
+    The image is encoded once. Returns numpy arrays in the JAX layouts (batch-first; maps NHWC, so
+    `semantic_seg` is (B, H, W, 1))."""
     from sam3.model.data_misc import FindStage
-    from sam3.model.geometry_encoders import Prompt
 
     b = images_nhwc.shape[0]
     images = torch.from_numpy(np.ascontiguousarray(images_nhwc.transpose(0, 3, 1, 2))).float()
+    results = []
     with cuda_to_cpu():
-        backbone_out = model.backbone.forward_image(images)
-        backbone_out.update(model.backbone.forward_text(list(texts), device="cpu"))
+        image_out = model.backbone.forward_image(images)
         ids = torch.arange(b, dtype=torch.long)
         find = FindStage(
             img_ids=ids, text_ids=ids, input_boxes=None, input_boxes_mask=None, input_boxes_label=None,
             input_points=None, input_points_mask=None,
         )
-        if boxes is None or boxes.shape[1] == 0:
-            prompt = model._get_dummy_prompt(num_prompts=b)
-        else:
-            n = boxes.shape[1]
-            mask = torch.zeros(b, n, dtype=torch.bool) if box_mask is None else torch.from_numpy(np.asarray(box_mask, bool))
-            labels = torch.ones(n, b, dtype=torch.long) if box_labels is None else torch.from_numpy(
-                np.asarray(box_labels).astype(np.int64).T.copy())
-            prompt = Prompt(
-                box_embeddings=torch.from_numpy(np.asarray(boxes, np.float32).transpose(1, 0, 2).copy()),
-                box_mask=mask,
-                box_labels=labels,
-            )
-        out = model.forward_grounding(backbone_out=backbone_out, find_input=find, find_target=None,
-                                      geometric_prompt=prompt)
-    res: dict[str, Any] = {
-        "pred_logits": out["pred_logits"].numpy(),
-        "pred_boxes": out["pred_boxes"].numpy(),
-        "pred_boxes_xyxy": out["pred_boxes_xyxy"].numpy(),
-        "pred_masks": out["pred_masks"].numpy(),
-        "semantic_seg": out["semantic_seg"].permute(0, 2, 3, 1).numpy(),
-        "presence_logit_dec": out["presence_logit_dec"].numpy(),
-        "queries": out["queries"].numpy(),
-        "encoder_hidden_states": out["encoder_hidden_states"].transpose(0, 1).numpy(),
-    }
-    return res
+        for p in prompts:
+            backbone_out = dict(image_out)
+            backbone_out.update(model.backbone.forward_text(list(p["texts"]), device="cpu"))
+            prompt = _geometric_prompt(b, p.get("boxes"), p.get("box_labels"), p.get("box_mask"), model)
+            out = model.forward_grounding(backbone_out=backbone_out, find_input=find, find_target=None,
+                                          geometric_prompt=prompt)
+            results.append({
+                "pred_logits": out["pred_logits"].numpy(),
+                "pred_boxes": out["pred_boxes"].numpy(),
+                "pred_boxes_xyxy": out["pred_boxes_xyxy"].numpy(),
+                "pred_masks": out["pred_masks"].numpy(),
+                "semantic_seg": out["semantic_seg"].permute(0, 2, 3, 1).numpy(),
+                "presence_logit_dec": out["presence_logit_dec"].numpy(),
+                "queries": out["queries"].numpy(),
+                "encoder_hidden_states": out["encoder_hidden_states"].transpose(0, 1).numpy(),
+            })
+    return results

@@ -30,7 +30,7 @@ class StageResult:
     def row(self) -> str:
         status = "ok" if self.ok else "FAIL"
         return (
-            f"{self.name:<28} {str(self.shape):<22} {self.max_abs:>11.3e} {self.max_rel:>11.3e} "
+            f"{self.name:<34} {str(self.shape):<22} {self.max_abs:>11.3e} {self.max_rel:>11.3e} "
             f"{self.tolerance:>9.1e}  {status}"
         )
 
@@ -68,23 +68,86 @@ def sample_images(image_size: int, batch: int, seed: int) -> tuple[np.ndarray, l
     return x, [name for name, _ in picked]
 
 
-def _backbone_apply(cfg):
-    from sam3_jax.model.backbone import VLBackbone
+DETECTOR_OUTPUTS = (
+    "encoder_hidden_states", "queries", "pred_logits", "pred_boxes", "pred_boxes_xyxy",
+    "presence_logit_dec", "pred_masks", "semantic_seg",
+)
 
-    model = VLBackbone(cfg)
+
+def sample_box_prompts(batch: int, seed: int, max_boxes: int = 3) -> dict[str, np.ndarray]:
+    """Seeded exemplar boxes (normalised cxcywh) with mixed positive / negative labels and a
+    different number of valid (right-padded) boxes per batch element (at least one)."""
+    rng = np.random.default_rng(seed + 101)
+    boxes = np.zeros((batch, max_boxes, 4), np.float32)
+    labels = np.zeros((batch, max_boxes), bool)
+    mask = np.ones((batch, max_boxes), bool)
+    for i in range(batch):
+        n = max_boxes - (i % max_boxes)
+        wh = rng.uniform(0.05, 0.5, (n, 2))
+        c = rng.uniform(wh / 2, 1 - wh / 2)
+        boxes[i, :n] = np.concatenate([c, wh], axis=1)
+        labels[i, :n] = np.arange(n) % 2 == 0  # first positive, then alternating negative
+        mask[i, :n] = False
+    return {"boxes": boxes, "box_labels": labels, "box_mask": mask}
+
+
+def prompt_sets(texts: Sequence[str], batch: int, seed: int) -> dict[str, dict[str, Any]]:
+    """The three prompt kinds of the parity report: text only, boxes only (the official processor
+    encodes the text "visual" then), and text + boxes (positive and negative exemplars)."""
+    boxes = sample_box_prompts(batch, seed)
+    return {
+        "text": {"texts": list(texts)},
+        "boxes": {"texts": ["visual"] * batch, **boxes},
+        "text+boxes": {"texts": list(texts), **boxes},
+    }
+
+
+def _model_fns(cfg):
+    from sam3_jax.model.sam3_image import Sam3Image
+
+    model = Sam3Image(cfg)
 
     @jax.jit
     def image_fn(params, images):
-        return model.apply({"params": params}, images, method=VLBackbone.forward_image)
+        return model.apply({"params": params}, images, method=Sam3Image.forward_image)
 
     @jax.jit
     def text_fn(params, tokens):
-        return model.apply({"params": params}, tokens, method=VLBackbone.forward_text)
+        return model.apply({"params": params}, tokens, method=Sam3Image.forward_text)
 
-    return image_fn, text_fn
+    @jax.jit
+    def ground_fn(params, image_out, tokens, boxes, box_labels, box_mask):
+        out = model.apply({"params": params}, image_out, tokens, boxes, box_labels, box_mask,
+                          method=Sam3Image.forward_prompts)
+        return {k: out[k] for k in DETECTOR_OUTPUTS}
+
+    return image_fn, text_fn, ground_fn
 
 
-def run_backbone_parity(
+def load_official_image_model(cfg, checkpoint: str):
+    """The official detector at `cfg`'s sizes with the weights of an official checkpoint file."""
+    import torch
+
+    from sam3_jax.convert import load_state_dict
+    from sam3_jax.parity import oracle
+
+    state = load_state_dict(checkpoint)
+    model = oracle.build_image_model(cfg)
+    sub = {}
+    for k, v in state.items():
+        k = k[len("detector."):] if k.startswith("detector.") else k
+        if k.startswith(("tracker.", "inst_interactive_predictor.")):
+            continue
+        a = np.asarray(v)
+        sub[k] = torch.from_numpy(a.astype(np.float32) if a.dtype.kind == "f" or a.dtype == jnp.bfloat16 else a)
+    missing, _ = model.load_state_dict(sub, strict=False)
+    missing = [k for k in missing if not k.endswith("freqs_cis")]
+    if missing:
+        raise ValueError(f"checkpoint lacks official detector keys, e.g. {missing[0]}")
+    return model.eval(), state
+
+
+def run_parity(
     cfg,
     *,
     seed: int = 0,
@@ -92,48 +155,53 @@ def run_backbone_parity(
     texts: Sequence[str] | None = None,
     checkpoint: str | None = None,
     tolerance: float = 1e-5,
+    detector_tolerance: float = 1e-4,
     log=print,
 ) -> dict[str, Any]:
-    """Builds (or loads) the official backbone, converts it, runs both, compares every stage."""
-    import torch
-
-    from sam3_jax.convert import convert_backbone, load_state_dict
+    """Builds (or loads) the official detector, converts it, runs both on the same photos and
+    prompts, and compares every stage: encoders at `tolerance`, detector outputs (three prompt
+    kinds) at `detector_tolerance`."""
+    from sam3_jax.convert import convert_image_model
     from sam3_jax.model.tokenizer import ClipTokenizer
     from sam3_jax.parity import oracle
 
     t0 = time.time()
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     if checkpoint:
-        state = load_state_dict(checkpoint)
-        ref_model = oracle.build_backbone(cfg)
-        sub = {k[len("detector."):] if k.startswith("detector.") else k: v for k, v in state.items()}
-        sub = {k: torch.from_numpy(np.asarray(v, dtype=np.float32) if np.asarray(v).dtype.kind == "f" else np.asarray(v))
-               for k, v in sub.items() if k.startswith("backbone.")}
-        missing, unexpected = ref_model.load_state_dict(sub, strict=False)
-        missing = [k for k in missing if not k.endswith("freqs_cis")]
-        if missing:
-            raise ValueError(f"checkpoint lacks official backbone keys, e.g. {missing[0]}")
-        ref_model.eval()
+        ref_model, state = load_official_image_model(cfg, checkpoint)
     else:
-        ref_model = oracle.random_backbone(cfg, seed)
+        ref_model = oracle.random_image_model(cfg, seed)
         state = oracle.state_dict_numpy(ref_model)
-    log(f"official backbone ready ({time.time() - t0:.1f}s); converting")
-    params, report = convert_backbone(state, cfg)
+    log(f"official model ready ({time.time() - t0:.1f}s); converting")
+    params, report = convert_image_model(state, cfg)
     log(report.summary())
 
     images, image_names = sample_images(cfg.image_size, batch, seed)
     texts = list(texts or DEFAULT_TEXTS)
-    texts = (texts * batch)[:batch] if len(texts) < batch else texts[:batch]
+    texts = (texts * batch)[:batch]
+    prompts = prompt_sets(texts, batch, seed)
+    tokenizer = ClipTokenizer()
 
     t1 = time.time()
     ref = oracle.run_backbone(ref_model, images, texts)
+    ref_det = dict(zip(prompts, oracle.run_image_model(ref_model, images, list(prompts.values()))))
     t_ref = time.time() - t1
 
-    image_fn, text_fn = _backbone_apply(cfg)
-    tokens = ClipTokenizer()(texts, context_length=cfg.text.context_length)
+    image_fn, text_fn, ground_fn = _model_fns(cfg)
     t1 = time.time()
-    ours = jax.block_until_ready(image_fn(params["backbone"], jnp.asarray(images)))
-    ours_text = jax.block_until_ready(text_fn(params["backbone"], jnp.asarray(tokens)))
+    tokens = tokenizer(texts, context_length=cfg.text.context_length)
+    ours = jax.block_until_ready(image_fn(params, jnp.asarray(images)))
+    ours_text = jax.block_until_ready(text_fn(params, jnp.asarray(tokens)))
+    image_out = {"backbone_fpn": ours["backbone_fpn"], "vision_pos_enc": ours["vision_pos_enc"]}
+    ours_det = {}
+    for kind, p in prompts.items():
+        n = p.get("boxes", np.zeros((batch, 0, 4), np.float32)).shape[1]
+        ours_det[kind] = jax.device_get(ground_fn(
+            params, image_out,
+            jnp.asarray(tokenizer(p["texts"], context_length=cfg.text.context_length)),
+            jnp.asarray(p.get("boxes", np.zeros((batch, n, 4), np.float32))),
+            jnp.asarray(p.get("box_labels", np.zeros((batch, n), bool)).astype(np.int32)),
+            jnp.asarray(p.get("box_mask", np.zeros((batch, n), bool))),
+        ))
     t_ours = time.time() - t1
 
     stages = [compare("trunk", ours["trunk"], ref["trunk"], tolerance)]
@@ -150,8 +218,11 @@ def run_backbone_parity(
     stages.append(compare("text.language_features", ours_text["language_features"], ref["language_features"], tolerance))
     stages.append(compare("text.language_mask", ours_text["language_mask"], ref["language_mask"], 0.0))
     stages.append(compare("text.language_embeds", ours_text["language_embeds"], ref["language_embeds"], tolerance))
+    for kind in prompts:
+        for name in DETECTOR_OUTPUTS:
+            stages.append(compare(f"{kind}.{name}", ours_det[kind][name], ref_det[kind][name], detector_tolerance))
 
-    header = f"{'stage':<28} {'shape':<22} {'max abs':>11} {'max rel':>11} {'tol':>9}  status"
+    header = f"{'stage':<34} {'shape':<22} {'max abs':>11} {'max rel':>11} {'tol':>9}  status"
     log(header)
     log("-" * len(header))
     for s in stages:
@@ -166,13 +237,11 @@ def run_backbone_parity(
         "checkpoint": checkpoint,
         "images": image_names,
         "texts": texts,
-        "tolerance": tolerance,
+        "tolerance": {"encoders": tolerance, "detector": detector_tolerance},
         "matmul_precision": str(jax.config.jax_default_matmul_precision),
         "seconds": {"official_forward": t_ref, "jax_forward_incl_compile": t_ours},
         "conversion": report.to_json(),
-        "stages": [
-            {**dataclasses.asdict(s), "ok": s.ok, "shape": list(s.shape)} for s in stages
-        ],
+        "stages": [{**dataclasses.asdict(s), "ok": s.ok, "shape": list(s.shape)} for s in stages],
     }
 
 

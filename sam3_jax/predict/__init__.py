@@ -1,0 +1,1 @@
+"""Inference on images: preprocessing, the image predictor, post-processing, the CLI."""
