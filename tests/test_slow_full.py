@@ -36,3 +36,51 @@ def test_full_config_trunk_and_neck_parity(full_cfg):
     for r in results:
         print(r.row())
         assert r.max_rel <= 1e-5, r.row()
+
+
+@pytest.mark.slow
+def test_full_config_detector_contract(full_cfg):
+    """Full config, 1008 px, official Sam3Processor vs Sam3ImagePredictor on a real photo.
+
+    Contract: exact detection count, per-object mask IoU >= 0.99, box error <= 1 px, score error
+    <= 0.01. Random weights rarely score above 0.5, so the top-k queries (threshold 0) are compared
+    as well."""
+    import gc
+
+    import skimage.data as sk
+    from PIL import Image
+    from sam3.model.sam3_image_processor import Sam3Processor
+
+    from sam3_jax.convert import convert_image_model
+    from sam3_jax.parity import oracle
+    from sam3_jax.predict.predictor import Sam3ImagePredictor
+
+    photo = sk.astronaut()
+    ref_model = oracle.random_image_model(full_cfg, seed=0)
+    params, _ = convert_image_model(oracle.state_dict_numpy(ref_model), full_cfg)
+    refs = {}
+    with oracle.cuda_to_cpu():
+        proc = Sam3Processor(ref_model, resolution=1008, device="cpu", confidence_threshold=0.0)
+        state = proc.set_image(Image.fromarray(photo))
+        for thr in (0.5, 0.0):
+            proc.confidence_threshold = thr
+            s = proc.set_text_prompt("a person", state)
+            refs[thr] = {k: s[k].numpy() for k in ("masks", "boxes", "scores")}
+    del ref_model, proc, state
+    gc.collect()
+    predictor = Sam3ImagePredictor(params, full_cfg)
+    predictor.set_image(photo)
+    for thr, ref in refs.items():
+        ours = predictor.predict(text="a person", threshold=thr)
+        print(f"threshold {thr}: {len(ours['scores'])} ours, {len(ref['scores'])} official")
+        assert len(ours["scores"]) == len(ref["scores"])
+        order = np.argsort(-ref["scores"])[:10]
+        assert np.max(np.abs(ours["scores"] - ref["scores"]), initial=0) <= 0.01
+        assert np.max(np.abs(ours["boxes"] - ref["boxes"]), initial=0) <= 1.0
+        for i in order:
+            a, b = ours["masks"][i], ref["masks"][i, 0]
+            union = np.logical_or(a, b).sum()
+            iou = np.logical_and(a, b).sum() / union if union else 1.0
+            assert iou >= 0.99, (thr, i, iou)
+        print("max score err", np.max(np.abs(ours["scores"] - ref["scores"]), initial=0),
+              "max box err px", np.max(np.abs(ours["boxes"] - ref["boxes"]), initial=0))

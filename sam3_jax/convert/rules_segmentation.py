@@ -4,7 +4,7 @@ Official module prefix (image-model layout)          -> Flax path under the mode
   segmentation_head.pixel_decoder.conv_layers.{k}     -> segmentation_head/pixel_decoder/conv_layers_{k}
   segmentation_head.pixel_decoder.norms.{k}           -> segmentation_head/pixel_decoder/norms_{k}
   segmentation_head.mask_predictor.mask_embed.layers.{k}
-                                                      -> segmentation_head/mask_predictor/mask_embed/layers_{k}
+                                                      -> segmentation_head/mask_predictor/mask_embed/layers/{k}
   segmentation_head.cross_attend_prompt               -> segmentation_head/cross_attend_prompt (packed MHA)
   segmentation_head.cross_attn_norm                   -> segmentation_head/cross_attn_norm
   segmentation_head.instance_seg_head / semantic_seg_head (1x1 convs) -> same names
@@ -15,8 +15,9 @@ scanned stack); the third stage is never used by the official forward but is car
 
 from __future__ import annotations
 
-from sam3_jax.convert.layouts import CONV, DENSE, LAYERNORM, TORCH_MHA, Layout
+from sam3_jax.convert.layouts import CONV, LAYERNORM, TORCH_MHA, Layout
 from sam3_jax.convert.rules import Rule
+from sam3_jax.convert.rules_transformer import mlp_rules
 
 # torch nn.GroupNorm holds weight/bias exactly like nn.LayerNorm; Flax calls them scale/bias.
 GROUPNORM = Layout("GroupNorm", LAYERNORM.leaves)
@@ -34,10 +35,7 @@ def segmentation_rules(cfg) -> list[Rule]:
     for k in range(NUM_PIXEL_DECODER_STAGES):
         rules.append(Rule(f"{s}.pixel_decoder.conv_layers.{k}", f"{d}/pixel_decoder/conv_layers_{k}", CONV))
         rules.append(Rule(f"{s}.pixel_decoder.norms.{k}", f"{d}/pixel_decoder/norms_{k}", GROUPNORM))
-    for k in range(NUM_MASK_EMBED_LAYERS):
-        rules.append(
-            Rule(f"{s}.mask_predictor.mask_embed.layers.{k}", f"{d}/mask_predictor/mask_embed/layers_{k}", DENSE)
-        )
+    rules += mlp_rules(f"{s}.mask_predictor.mask_embed", f"{d}/mask_predictor/mask_embed", NUM_MASK_EMBED_LAYERS)
     rules += [
         Rule(f"{s}.cross_attend_prompt", f"{d}/cross_attend_prompt", TORCH_MHA),
         Rule(f"{s}.cross_attn_norm", f"{d}/cross_attn_norm", LAYERNORM),

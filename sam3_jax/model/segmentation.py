@@ -29,6 +29,7 @@ from sam3_jax.layers import partitioning as P
 from sam3_jax.layers.attention import MultiHeadAttention
 from sam3_jax.layers.core import Conv, Dense, LayerNorm, ones, zeros
 from sam3_jax.layers.resize import resize_nearest
+from sam3_jax.model.mlp import MLP
 
 Dtype = Any
 
@@ -70,31 +71,6 @@ def upsample_nearest_to(x: jax.Array, size: tuple[int, int]) -> jax.Array:
     if th % h == 0 and tw % w == 0:
         return jnp.repeat(jnp.repeat(x, th // h, axis=1), tw // w, axis=2)
     return resize_nearest(x, (th, tw))
-
-
-class _MaskMLP(nn.Module):
-    """ReLU MLP with Dense layers `layers_0` ... `layers_{n-1}` (official `MLP`, `layers.{k}`).
-
-    Local stand-in for the shared MLP; same parameter layout, so it can be swapped later.
-    """
-
-    hidden_dim: int
-    output_dim: int
-    num_layers: int
-    dtype: Dtype | None = None
-    param_dtype: Dtype = jnp.float32
-
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        for k in range(self.num_layers):
-            last = k == self.num_layers - 1
-            features = self.output_dim if last else self.hidden_dim
-            axes = (P.EMBED, P.MLP) if k % 2 == 0 else (P.MLP, P.EMBED)
-            x = Dense(features, axes, name=f"layers_{k}", **kw)(x)
-            if not last:
-                x = nn.relu(x)
-        return x
 
 
 class PixelDecoder(nn.Module):
@@ -142,8 +118,10 @@ class _MaskPredictor(nn.Module):
 
     @nn.compact
     def __call__(self, obj_queries: jax.Array) -> jax.Array:
-        return _MaskMLP(
-            self.d_model, self.d_model, self.num_layers, self.dtype, self.param_dtype, name="mask_embed"
+        d = self.d_model
+        return MLP(
+            d, d, d, self.num_layers, out_axis=P.EMBED, dtype=self.dtype, param_dtype=self.param_dtype,
+            name="mask_embed",
         )(obj_queries)
 
 
