@@ -1,6 +1,8 @@
 """Full-size trunk + neck parity at 1008 px (slow: about 2-3 min and 10 GB; `pytest -m slow`).
 
-Measured 2026-11-26 (2 CPU cores): trunk max abs 5.0e-5 / max rel 1.5e-6; neck levels max rel <= 3.2e-6."""
+Measured 2026-11-26 (2 CPU cores): trunk max abs 5.0e-5 / max rel 1.5e-6; neck levels max rel <= 3.2e-6.
+Detector contract on the astronaut photo, "a person", random weights: 0 detections above 0.5 on
+both sides; all 200 queries at threshold 0: max score error 2.4e-7, max box error 1.8e-4 px."""
 
 import numpy as np
 import pytest
@@ -77,10 +79,12 @@ def test_full_config_detector_contract(full_cfg):
         order = np.argsort(-ref["scores"])[:10]
         assert np.max(np.abs(ours["scores"] - ref["scores"]), initial=0) <= 0.01
         assert np.max(np.abs(ours["boxes"] - ref["boxes"]), initial=0) <= 1.0
+        ious = []
         for i in order:
             a, b = ours["masks"][i], ref["masks"][i, 0]
             union = np.logical_or(a, b).sum()
-            iou = np.logical_and(a, b).sum() / union if union else 1.0
-            assert iou >= 0.99, (thr, i, iou)
+            ious.append(np.logical_and(a, b).sum() / union if union else 1.0)
+            assert ious[-1] >= 0.99, (thr, i, ious[-1])
         print("max score err", np.max(np.abs(ours["scores"] - ref["scores"]), initial=0),
-              "max box err px", np.max(np.abs(ours["boxes"] - ref["boxes"]), initial=0))
+              "max box err px", np.max(np.abs(ours["boxes"] - ref["boxes"]), initial=0),
+              "min top-10 mask IoU", min(ious, default=1.0))
