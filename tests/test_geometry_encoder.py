@@ -124,33 +124,6 @@ def test_grid_sample_matches_torch():
 # The official module and the conversion
 
 
-def _official_geometry_encoder(cfg):
-    from sam3.model.encoder import TransformerEncoderLayer
-    from sam3.model.geometry_encoders import SequenceGeometryEncoder
-    from sam3.model.model_misc import MultiheadAttentionWrapper
-    from sam3.model.position_encoding import PositionEmbeddingSine
-
-    from sam3_jax.parity.oracle import cuda_to_cpu
-
-    d, heads = cfg.d_model, cfg.num_heads
-    with cuda_to_cpu():
-        layer = TransformerEncoderLayer(
-            activation="relu", d_model=d, dim_feedforward=cfg.dim_feedforward, dropout=0.0,
-            pos_enc_at_attn=False, pre_norm=True,
-            self_attention=MultiheadAttentionWrapper(num_heads=heads, dropout=0.0, embed_dim=d, batch_first=False),
-            pos_enc_at_cross_attn_queries=False, pos_enc_at_cross_attn_keys=True,
-            cross_attention=MultiheadAttentionWrapper(num_heads=heads, dropout=0.0, embed_dim=d, batch_first=False),
-        )
-        module = SequenceGeometryEncoder(
-            pos_enc=PositionEmbeddingSine(num_pos_feats=d, normalize=True, scale=None, temperature=10000),
-            encode_boxes_as_points=False, points_direct_project=True, points_pool=True, points_pos_enc=True,
-            boxes_direct_project=True, boxes_pool=True, boxes_pos_enc=True, d_model=d,
-            num_layers=cfg.geometry_layers, layer=layer, use_act_ckpt=True, add_cls=True,
-            add_post_encode_proj=True,
-        )
-    return module.eval()
-
-
 def _target_shapes(model: GeometryEncoder, b=1, h=4, w=4, nb=1):
     d = model.d_model
     f = jax.ShapeDtypeStruct((b, h, w, d), jnp.float32)
@@ -166,12 +139,12 @@ def _target_shapes(model: GeometryEncoder, b=1, h=4, w=4, nb=1):
 
 @pytest.fixture(scope="module")
 def official_models(tiny_cfg):
-    from sam3_jax.parity.oracle import perturb_all_, state_dict_numpy
+    from sam3_jax.parity.oracle import build_geometry_encoder, perturb_all_, state_dict_numpy
 
     models = {}
     for seed in (0, 1, 2):
         torch.manual_seed(seed)
-        m = _official_geometry_encoder(tiny_cfg)
+        m = build_geometry_encoder(tiny_cfg)
         perturb_all_(m, seed)
         models[seed] = (m, state_dict_numpy(m))
     return models
@@ -307,10 +280,10 @@ def test_dry_run_conversion_of_the_official_keys(full_cfg):
 
 def test_parity_full_size(full_cfg):
     """Released sizes (72x72 level, FFN 2048, 3 layers): one batch with boxes and points."""
-    from sam3_jax.parity.oracle import perturb_all_, state_dict_numpy
+    from sam3_jax.parity.oracle import build_geometry_encoder, perturb_all_, state_dict_numpy
 
     torch.manual_seed(3)
-    module = _official_geometry_encoder(full_cfg)
+    module = build_geometry_encoder(full_cfg)
     perturb_all_(module, 3)
     model = geometry_encoder_from_config(full_cfg)
     target = {"geometry_encoder": nn.meta.unbox(_target_shapes(model, h=72, w=72))}

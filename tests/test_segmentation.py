@@ -81,9 +81,9 @@ def test_every_param_has_logical_axes(tiny_cfg):
 @pytest.fixture(scope="module")
 def official_builder():
     pytest.importorskip("torch")
-    from sam3.model_builder import _create_segmentation_head
+    from sam3_jax.parity.oracle import build_segmentation_head
 
-    return _create_segmentation_head
+    return build_segmentation_head
 
 
 def _official_head(builder, cfg, seed: int):
@@ -93,8 +93,7 @@ def _official_head(builder, cfg, seed: int):
 
     assert cfg.d_model == 256 and cfg.num_heads == 8  # the sizes `_create_segmentation_head` hard-codes
     torch.manual_seed(seed)
-    with oracle.cuda_to_cpu():
-        head = builder().eval()
+    head = builder(cfg)
     oracle.perturb_all_(head, seed)
     return head
 

@@ -37,61 +37,22 @@ TEXT_VALID = (4, 9)
 # Official side.
 
 
-def build_official(cfg, *, resolution: int, stride: int):
+def random_official(cfg, seed: int):
     """Container with `transformer` (TransformerWrapper: encoder + decoder) and `dot_prod_scoring`,
-    assembled from the official constructors exactly as `model_builder` does, at cfg's sizes."""
+    from the oracle's part builders at cfg's sizes, seeded plus `perturb_all_` noise. The scoring
+    head is built before the wrapper (which re-initialises the encoder and decoder from the RNG)."""
     import torch
 
-    from sam3.model.decoder import TransformerDecoder, TransformerDecoderLayer
-    from sam3.model.encoder import TransformerEncoderFusion, TransformerEncoderLayer
-    from sam3.model.model_misc import MLP, DotProductScoring
-    from sam3.model.model_misc import MultiheadAttentionWrapper as MultiheadAttention
-    from sam3.model.model_misc import TransformerWrapper
-
-    from sam3_jax.parity.oracle import cuda_to_cpu
-
-    d, nh, ffn = cfg.d_model, cfg.num_heads, cfg.dim_feedforward
-    with cuda_to_cpu():
-        enc_layer = TransformerEncoderLayer(
-            activation="relu", d_model=d, dim_feedforward=ffn, dropout=0.1, pos_enc_at_attn=True,
-            pos_enc_at_cross_attn_keys=False, pos_enc_at_cross_attn_queries=False, pre_norm=True,
-            self_attention=MultiheadAttention(num_heads=nh, dropout=0.1, embed_dim=d, batch_first=True),
-            cross_attention=MultiheadAttention(num_heads=nh, dropout=0.1, embed_dim=d, batch_first=True),
-        )
-        encoder = TransformerEncoderFusion(
-            layer=enc_layer, num_layers=cfg.encoder_layers, d_model=d, num_feature_levels=1, frozen=False,
-            use_act_checkpoint=True, add_pooled_text_to_img_feat=False, pool_text_with_mask=True,
-        )
-        dec_layer = TransformerDecoderLayer(
-            activation="relu", d_model=d, dim_feedforward=ffn, dropout=0.1,
-            cross_attention=MultiheadAttention(num_heads=nh, dropout=0.1, embed_dim=d),
-            n_heads=nh, use_text_cross_attention=True,
-        )
-        decoder = TransformerDecoder(
-            layer=dec_layer, num_layers=cfg.decoder_layers, num_queries=cfg.num_queries,
-            return_intermediate=True, box_refine=True, num_o2m_queries=0, dac=True, boxRPB="log",
-            d_model=d, frozen=False, interaction_layer=None, dac_use_selfatt_ln=True,
-            resolution=resolution, stride=stride, use_act_checkpoint=True, presence_token=True,
-        )
-        prompt_mlp = MLP(
-            input_dim=d, hidden_dim=ffn, output_dim=d, num_layers=2, dropout=0.1, residual=True,
-            out_norm=torch.nn.LayerNorm(d),
-        )
-        scoring = DotProductScoring(d_model=d, d_proj=d, prompt_mlp=prompt_mlp)
-        container = torch.nn.Module()
-        container.transformer = TransformerWrapper(encoder=encoder, decoder=decoder, d_model=d)
-        container.dot_prod_scoring = scoring
-    return container.eval()
-
-
-def random_official(cfg, seed: int, **kw):
-    import torch
-
-    from sam3_jax.parity.oracle import perturb_all_
+    from sam3_jax.parity import oracle
 
     torch.manual_seed(seed)
-    model = build_official(cfg, **kw)
-    perturb_all_(model, seed)
+    encoder, decoder = oracle.build_fusion_encoder(cfg), oracle.build_decoder(cfg)
+    scoring = oracle.build_dot_product_scoring(cfg)
+    container = torch.nn.Module()
+    container.transformer = oracle.build_transformer(cfg, encoder, decoder)
+    container.dot_prod_scoring = scoring
+    model = container.eval()
+    oracle.perturb_all_(model, seed)
     return model
 
 
@@ -230,7 +191,7 @@ def convert_official(model, cfg, spatial_shape):
 
 def _max_errors(cfg, seed, spatial_shape, tweak=None):
     h, w = spatial_shape
-    model = random_official(cfg, seed, resolution=cfg.image_size, stride=cfg.vit.patch_size)
+    model = random_official(cfg, seed)
     if tweak is not None:
         tweak(model)
     inputs = make_inputs(cfg, seed, spatial_shape)
@@ -419,7 +380,7 @@ def test_box_gradients_match_official(tiny_cfg):
 
     from sam3_jax.parity.oracle import cuda_to_cpu
 
-    model = random_official(tiny_cfg, 3, resolution=tiny_cfg.image_size, stride=tiny_cfg.vit.patch_size)
+    model = random_official(tiny_cfg, 3)
     inputs = make_inputs(tiny_cfg, 3, (16, 16))
     params = convert_official(model, tiny_cfg, (16, 16))["transformer"]["decoder"]
     L, B, Q = tiny_cfg.decoder_layers, 2, tiny_cfg.num_queries

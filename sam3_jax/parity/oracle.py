@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import types
 from typing import Any, Iterator
 
 import numpy as np
@@ -215,74 +216,153 @@ def run_backbone(model: "torch.nn.Module", images_nhwc: np.ndarray, texts: list[
     return out
 
 
-def build_image_model(cfg, *, enable_segmentation: bool = True) -> "torch.nn.Module":
-    """The official `Sam3Image` (detector) at the sizes of a model config, assembled from the official
-    constructors exactly as `sam3.model_builder.build_sam3_image_model` assembles the released one
-    (dropout 0, eval mode). Its state-dict keys are the image-model layout (no `detector.` prefix)."""
+def _detector_modules():
+    """The official detector modules (with a clear error if the package is missing)."""
     try:
-        from sam3.model.decoder import TransformerDecoder, TransformerDecoderLayer
-        from sam3.model.encoder import TransformerEncoderFusion, TransformerEncoderLayer
-        from sam3.model.geometry_encoders import SequenceGeometryEncoder
-        from sam3.model.maskformer_segmentation import PixelDecoder, UniversalSegmentationHead
-        from sam3.model.memory import CXBlock
-        from sam3.model.model_misc import MLP, DotProductScoring, TransformerWrapper
-        from sam3.model.model_misc import MultiheadAttentionWrapper as MHA
-        from sam3.model.position_encoding import PositionEmbeddingSine
-        from sam3.model.sam3_image import Sam3Image
-    except ImportError as e:
-        raise ImportError(f"the official SAM 3 package (sam3=={OFFICIAL_VERSION}) is not installed") from e
-    d, heads, ffn = cfg.d_model, cfg.num_heads, cfg.dim_feedforward
-    with cuda_to_cpu():
-        backbone = build_backbone(cfg).backbone
-        enc_layer = TransformerEncoderLayer(
-            activation="relu", d_model=d, dim_feedforward=ffn, dropout=0.0, pos_enc_at_attn=True,
-            pos_enc_at_cross_attn_keys=False, pos_enc_at_cross_attn_queries=False, pre_norm=True,
-            self_attention=MHA(num_heads=heads, dropout=0.0, embed_dim=d, batch_first=True),
-            cross_attention=MHA(num_heads=heads, dropout=0.0, embed_dim=d, batch_first=True),
+        from sam3.model import (
+            decoder,
+            encoder,
+            geometry_encoders,
+            maskformer_segmentation,
+            model_misc,
+            position_encoding,
+            sam3_image,
         )
-        encoder = TransformerEncoderFusion(
-            layer=enc_layer, num_layers=cfg.encoder_layers, d_model=d, num_feature_levels=1, frozen=False,
+    except ImportError as e:
+        raise ImportError(
+            f"the official SAM 3 package (sam3=={OFFICIAL_VERSION}) is not installed; "
+            "pip install -e '.[parity]'"
+        ) from e
+    return types.SimpleNamespace(
+        decoder=decoder, encoder=encoder, geometry_encoders=geometry_encoders,
+        maskformer_segmentation=maskformer_segmentation, model_misc=model_misc,
+        position_encoding=position_encoding, sam3_image=sam3_image,
+    )
+
+
+# The part builders below assemble the official detector modules with the structure
+# `sam3.model_builder.build_sam3_image_model` gives them, at a model config's sizes, with dropout 0 and
+# no activation checkpointing (both only act in training; the oracle runs in eval mode). Each
+# returns the module in eval mode. Official constructors draw their initial weights from torch's
+# global RNG, so the order of the calls decides which weights a seed gives.
+
+
+def _mha(cfg, **kw) -> "torch.nn.Module":
+    mha = _detector_modules().model_misc.MultiheadAttentionWrapper
+    return mha(num_heads=cfg.num_heads, dropout=0.0, embed_dim=cfg.d_model, **kw)
+
+
+def build_fusion_encoder(cfg) -> "torch.nn.Module":
+    """Official `TransformerEncoderFusion` (image tokens attend to the prompt)."""
+    encoder = _detector_modules().encoder
+    with cuda_to_cpu():
+        layer = encoder.TransformerEncoderLayer(
+            activation="relu", d_model=cfg.d_model, dim_feedforward=cfg.dim_feedforward, dropout=0.0,
+            pos_enc_at_attn=True, pos_enc_at_cross_attn_keys=False, pos_enc_at_cross_attn_queries=False,
+            pre_norm=True, self_attention=_mha(cfg, batch_first=True), cross_attention=_mha(cfg, batch_first=True),
+        )
+        module = encoder.TransformerEncoderFusion(
+            layer=layer, num_layers=cfg.encoder_layers, d_model=cfg.d_model, num_feature_levels=1, frozen=False,
             use_act_checkpoint=False, add_pooled_text_to_img_feat=False, pool_text_with_mask=True,
         )
-        dec_layer = TransformerDecoderLayer(
-            activation="relu", d_model=d, dim_feedforward=ffn, dropout=0.0,
-            cross_attention=MHA(num_heads=heads, dropout=0.0, embed_dim=d), n_heads=heads,
-            use_text_cross_attention=True,
+    return module.eval()
+
+
+def build_decoder(cfg) -> "torch.nn.Module":
+    """Official `TransformerDecoder` (presence token, box refinement, log boxRPB) at `cfg`'s image
+    size and patch stride."""
+    decoder = _detector_modules().decoder
+    d, heads = cfg.d_model, cfg.num_heads
+    with cuda_to_cpu():
+        layer = decoder.TransformerDecoderLayer(
+            activation="relu", d_model=d, dim_feedforward=cfg.dim_feedforward, dropout=0.0,
+            cross_attention=_mha(cfg), n_heads=heads, use_text_cross_attention=True,
         )
-        decoder = TransformerDecoder(
-            layer=dec_layer, num_layers=cfg.decoder_layers, num_queries=cfg.num_queries, return_intermediate=True,
+        module = decoder.TransformerDecoder(
+            layer=layer, num_layers=cfg.decoder_layers, num_queries=cfg.num_queries, return_intermediate=True,
             box_refine=True, num_o2m_queries=0, dac=True, boxRPB="log", d_model=d, frozen=False,
             interaction_layer=None, dac_use_selfatt_ln=True, resolution=cfg.image_size, stride=cfg.vit.patch_size,
             use_act_checkpoint=False, presence_token=True,
         )
-        transformer = TransformerWrapper(encoder=encoder, decoder=decoder, d_model=d)
-        scoring = DotProductScoring(
-            d_model=d, d_proj=d,
-            prompt_mlp=MLP(input_dim=d, hidden_dim=ffn, output_dim=d, num_layers=2, dropout=0.0, residual=True,
-                           out_norm=torch.nn.LayerNorm(d)),
+    return module.eval()
+
+
+def build_transformer(cfg, encoder=None, decoder=None) -> "torch.nn.Module":
+    """Official `TransformerWrapper` around a fusion encoder and a decoder (built here when not
+    given). The wrapper re-initialises their weight matrices from the global RNG."""
+    model_misc = _detector_modules().model_misc
+    with cuda_to_cpu():
+        encoder = build_fusion_encoder(cfg) if encoder is None else encoder
+        decoder = build_decoder(cfg) if decoder is None else decoder
+        module = model_misc.TransformerWrapper(encoder=encoder, decoder=decoder, d_model=cfg.d_model)
+    return module.eval()
+
+
+def build_dot_product_scoring(cfg) -> "torch.nn.Module":
+    """Official `DotProductScoring` (query x pooled prompt), with its residual prompt MLP."""
+    model_misc = _detector_modules().model_misc
+    d = cfg.d_model
+    with cuda_to_cpu():
+        prompt_mlp = model_misc.MLP(
+            input_dim=d, hidden_dim=cfg.dim_feedforward, output_dim=d, num_layers=2, dropout=0.0, residual=True,
+            out_norm=torch.nn.LayerNorm(d),
         )
-        seg = None
-        if enable_segmentation:
-            seg = UniversalSegmentationHead(
-                hidden_dim=d, upsampling_stages=3, aux_masks=False, presence_head=False, dot_product_scorer=None,
-                act_ckpt=False, cross_attend_prompt=MHA(num_heads=heads, dropout=0.0, embed_dim=d),
-                pixel_decoder=PixelDecoder(num_upsampling_stages=3, interpolation_mode="nearest", hidden_dim=d),
-            )
-        geo_layer = TransformerEncoderLayer(
-            activation="relu", d_model=d, dim_feedforward=ffn, dropout=0.0, pos_enc_at_attn=False, pre_norm=True,
-            self_attention=MHA(num_heads=heads, dropout=0.0, embed_dim=d, batch_first=False),
-            pos_enc_at_cross_attn_queries=False, pos_enc_at_cross_attn_keys=True,
-            cross_attention=MHA(num_heads=heads, dropout=0.0, embed_dim=d, batch_first=False),
+        module = model_misc.DotProductScoring(d_model=d, d_proj=d, prompt_mlp=prompt_mlp)
+    return module.eval()
+
+
+def build_segmentation_head(cfg) -> "torch.nn.Module":
+    """Official `UniversalSegmentationHead` with its `PixelDecoder` (the structure of
+    `model_builder._create_segmentation_head`, which hard-codes the released sizes; here they come
+    from `cfg`). The prompt cross-attention is created before the pixel decoder (the reverse of
+    `_create_segmentation_head`, so a seed gives other weights than that builder)."""
+    seg = _detector_modules().maskformer_segmentation
+    d = cfg.d_model
+    with cuda_to_cpu():
+        cross_attend_prompt = _mha(cfg)
+        pixel_decoder = seg.PixelDecoder(
+            num_upsampling_stages=3, interpolation_mode="nearest", hidden_dim=d,
         )
-        del CXBlock  # the geometry encoder of the release has no mask encoder
-        geometry = SequenceGeometryEncoder(
-            pos_enc=PositionEmbeddingSine(num_pos_feats=d, normalize=True, scale=None, temperature=10000),
+        module = seg.UniversalSegmentationHead(
+            hidden_dim=d, upsampling_stages=3, aux_masks=False, presence_head=False, dot_product_scorer=None,
+            act_ckpt=False, cross_attend_prompt=cross_attend_prompt, pixel_decoder=pixel_decoder,
+        )
+    return module.eval()
+
+
+def build_geometry_encoder(cfg) -> "torch.nn.Module":
+    """Official `SequenceGeometryEncoder` (boxes and points; the release has no mask encoder)."""
+    m = _detector_modules()
+    d = cfg.d_model
+    with cuda_to_cpu():
+        layer = m.encoder.TransformerEncoderLayer(
+            activation="relu", d_model=d, dim_feedforward=cfg.dim_feedforward, dropout=0.0, pos_enc_at_attn=False,
+            pre_norm=True, self_attention=_mha(cfg, batch_first=False), pos_enc_at_cross_attn_queries=False,
+            pos_enc_at_cross_attn_keys=True, cross_attention=_mha(cfg, batch_first=False),
+        )
+        module = m.geometry_encoders.SequenceGeometryEncoder(
+            pos_enc=m.position_encoding.PositionEmbeddingSine(num_pos_feats=d, normalize=True, scale=None,
+                                                              temperature=10000),
             encode_boxes_as_points=False, points_direct_project=True, points_pool=True, points_pos_enc=True,
             boxes_direct_project=True, boxes_pool=True, boxes_pos_enc=True, d_model=d,
-            num_layers=cfg.geometry_layers, layer=geo_layer, use_act_ckpt=False, add_cls=True,
+            num_layers=cfg.geometry_layers, layer=layer, use_act_ckpt=False, add_cls=True,
             add_post_encode_proj=True,
         )
-        model = Sam3Image(
+    return module.eval()
+
+
+def build_image_model(cfg, *, enable_segmentation: bool = True) -> "torch.nn.Module":
+    """The official `Sam3Image` (detector) at the sizes of a model config, assembled from the official
+    constructors exactly as `sam3.model_builder.build_sam3_image_model` assembles the released one
+    (dropout 0, eval mode). Its state-dict keys are the image-model layout (no `detector.` prefix)."""
+    sam3_image = _detector_modules().sam3_image
+    with cuda_to_cpu():
+        backbone = build_backbone(cfg).backbone
+        transformer = build_transformer(cfg)
+        scoring = build_dot_product_scoring(cfg)
+        seg = build_segmentation_head(cfg) if enable_segmentation else None
+        geometry = build_geometry_encoder(cfg)
+        model = sam3_image.Sam3Image(
             backbone=backbone, transformer=transformer, input_geometry_encoder=geometry, segmentation_head=seg,
             num_feature_levels=1, o2m_mask_predict=True, dot_prod_scoring=scoring, use_instance_query=False,
             multimask_output=True, inst_interactive_predictor=None, matcher=None,
