@@ -10,6 +10,8 @@ import jax  # noqa: E402
 import pytest  # noqa: E402
 
 jax.config.update("jax_default_matmul_precision", "highest")
+# Eight simulated CPU devices for the mesh tests; everything else runs on device 0 as usual.
+jax.config.update("jax_num_cpu_devices", 8)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURES = os.path.join(REPO, "tests", "fixtures")

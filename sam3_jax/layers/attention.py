@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from sam3_jax.layers import partitioning as P
-from sam3_jax.layers.core import default_kernel_init, zeros
+from sam3_jax.layers.core import zeros
 
 Dtype = Any
 
@@ -36,6 +36,54 @@ def dot_product_attention(
     return jax.nn.dot_product_attention(
         q, k, v, bias=bias, mask=mask, is_causal=is_causal, implementation=implementation
     )
+
+
+class HeadProjection(nn.Module):
+    """x (..., C) -> (..., H, D) with kernel (C, H, D) (logical axes embed, heads, kv).
+
+    Written with an explicit 3D kernel rather than `nn.DenseGeneral`, whose flat-init-then-reshape
+    path applies the 3D logical constraint to a 2D array when a mesh and rules are active.
+    """
+
+    num_heads: int
+    head_dim: int
+    use_bias: bool = True
+    dtype: Dtype | None = None
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        init = nn.initializers.lecun_normal(in_axis=0, out_axis=(1, 2))
+        kernel = self.param(
+            "kernel", P.with_axes(init, (P.EMBED, P.HEADS, P.KV)),
+            (x.shape[-1], self.num_heads, self.head_dim), self.param_dtype,
+        )
+        dtype = self.dtype or jnp.result_type(x, kernel)
+        y = jnp.einsum("...c,chd->...hd", x.astype(dtype), kernel.astype(dtype))
+        if self.use_bias:
+            bias = self.param("bias", P.with_axes(zeros, (P.HEADS, P.KV)), (self.num_heads, self.head_dim),
+                              self.param_dtype)
+            y = y + bias.astype(dtype)
+        return y
+
+
+class HeadMerge(nn.Module):
+    """(..., H, D) -> (..., C) with kernel (H, D, C) (logical axes heads, kv, embed)."""
+
+    features: int
+    dtype: Dtype | None = None
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        init = nn.initializers.lecun_normal(in_axis=(0, 1), out_axis=2)
+        kernel = self.param(
+            "kernel", P.with_axes(init, (P.HEADS, P.KV, P.EMBED)), (x.shape[-2], x.shape[-1], self.features),
+            self.param_dtype,
+        )
+        bias = self.param("bias", P.with_axes(zeros, (P.EMBED,)), (self.features,), self.param_dtype)
+        dtype = self.dtype or jnp.result_type(x, kernel)
+        return jnp.einsum("...hd,hdc->...c", x.astype(dtype), kernel.astype(dtype)) + bias.astype(dtype)
 
 
 class MultiHeadAttention(nn.Module):
@@ -72,14 +120,8 @@ class MultiHeadAttention(nn.Module):
         head_dim = dim // self.num_heads
 
         def proj(name: str, x: jax.Array) -> jax.Array:
-            return nn.DenseGeneral(
-                (self.num_heads, head_dim),
-                use_bias=self.qkv_bias,
-                dtype=self.dtype,
-                param_dtype=self.param_dtype,
-                kernel_init=P.with_axes(default_kernel_init, (P.EMBED, P.HEADS, P.KV)),
-                bias_init=P.with_axes(zeros, (P.HEADS, P.KV)),
-                name=name,
+            return HeadProjection(
+                self.num_heads, head_dim, self.qkv_bias, self.dtype, self.param_dtype, name=name
             )(x)
 
         q, k, v = proj("query", x_q), proj("key", x_k), proj("value", x_v)
@@ -91,12 +133,4 @@ class MultiHeadAttention(nn.Module):
         out = dot_product_attention(
             q, k, v, mask=mask, bias=bias, is_causal=is_causal, implementation=self.attention_impl
         )
-        return nn.DenseGeneral(
-            self.out_features or dim,
-            axis=(-2, -1),
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
-            kernel_init=P.with_axes(default_kernel_init, (P.HEADS, P.KV, P.EMBED)),
-            bias_init=P.with_axes(zeros, (P.EMBED,)),
-            name="out",
-        )(out)
+        return HeadMerge(self.out_features or dim, self.dtype, self.param_dtype, name="out")(out)
