@@ -29,8 +29,8 @@ MESHES = [(8, 1, 1), (2, 4, 1), (2, 2, 2), (1, 4, 2)]
 B = 8
 
 
-def experiment_config():
-    from ml_collections import config_flags  # noqa: F401  (configs/ files are plain python)
+def experiment_config(variant: str = "tiny"):
+    """configs/sam3.py:<variant>, loaded the way the CLIs load it."""
     import importlib.util
     import os
 
@@ -39,7 +39,7 @@ def experiment_config():
     spec = importlib.util.spec_from_file_location("sam3_cfg", os.path.join(REPO, "configs", "sam3.py"))
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    return mod.get_config("tiny")
+    return mod.get_config(variant)
 
 
 @pytest.fixture(scope="module")
