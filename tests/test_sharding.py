@@ -34,9 +34,8 @@ def experiment_config(variant: str = "tiny"):
     import importlib.util
     import os
 
-    from tests.conftest import REPO
-
-    spec = importlib.util.spec_from_file_location("sam3_cfg", os.path.join(REPO, "configs", "sam3.py"))
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    spec = importlib.util.spec_from_file_location("sam3_cfg", os.path.join(repo, "configs", "sam3.py"))
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod.get_config(variant)
