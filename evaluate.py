@@ -1,8 +1,20 @@
 #!/usr/bin/env python
-"""Entry point for evaluateing (not implemented yet; see README 'What works')."""
+"""Score SA-Co predictions, or run the image predictor over a set and score it.
 
-import sys
+    evaluate.py --predictions preds.json --gt gold_a.json [--gt gold_b.json --gt gold_c.json] --out OUT/
+    evaluate.py --predictions veval_preds.json --gt veval_gt.json --out OUT/         # video: cgF1 + pHOTA
+    evaluate.py --checkpoint CONVERTED/ --gt gt.json --images IMAGE_DIR/ --out OUT/  # predict, then score
+
+Image metrics: cgF1, IL_MCC, positive micro F1 (equal to the official sam3/eval/cgf1_eval.py) and
+COCO AP; video metrics: video cgF1 and pHOTA. Prints a table; with --out writes report.json,
+report.png (and predictions.json in checkpoint mode). Exit status 1 on bad input.
+"""
+
+from absl import flags
+
+from sam3_jax.eval import run as _run
+
+flags.adopt_module_key_flags(_run)
 
 if __name__ == "__main__":
-    print("evaluate.py: not implemented yet in sam3_jax (see README.md, 'What works')", file=sys.stderr)
-    sys.exit(2)
+    _run.run()
