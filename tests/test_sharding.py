@@ -210,3 +210,25 @@ def test_mesh_shape_resolution():
         resolve_mesh_shape(dict(data=3, fsdp=2, tensor=2), 8)
     with pytest.raises(ValueError, match="cannot be split"):
         resolve_mesh_shape(dict(data=-1, fsdp=3, tensor=1), 8)
+
+
+def test_converted_params_placed_into_shardings(setup):
+    """Converted (host) params go straight into their shardings: each device gets its own shard."""
+    pytest.importorskip("sam3")
+    from sam3_jax.convert import convert_image_model
+    from sam3_jax.parallel.mesh import param_shardings
+    from sam3_jax.parallel.state import place_params
+    from sam3_jax.parity import oracle
+
+    cfg, model, specs, _ = setup
+    host, _ = convert_image_model(oracle.state_dict_numpy(oracle.random_image_model(cfg.model, seed=2)), cfg.model)
+    mesh = make_mesh(ml_collections.ConfigDict(dict(data=2, fsdp=2, tensor=2)))
+    rules = logical_rules(cfg)
+    shardings = param_shardings(abstract_params(model, specs, mesh, rules), mesh, rules)
+    placed = place_params(jax.device_get(host), shardings)
+    for (path, a), b, s in zip(jax.tree_util.tree_leaves_with_path(placed), jax.tree_util.tree_leaves(host),
+                               jax.tree_util.tree_leaves(shardings, is_leaf=lambda x: hasattr(x, "spec"))):
+        assert a.sharding == s, jax.tree_util.keystr(path)
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    kernel = placed["backbone"]["vision_backbone"]["trunk"]["blocks"]["mlp"]["fc1"]["kernel"]
+    assert kernel.addressable_shards[0].data.shape == (4, 32, 148)  # (layers, embed/fsdp, mlp/tensor)

@@ -16,6 +16,7 @@ from typing import Any, Callable, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jax.sharding import NamedSharding, PartitionSpec
 
@@ -48,8 +49,8 @@ def place_params(host_params: Any, shardings: Any) -> Any:
     addressable shards from the host copy (works on one or many processes)."""
 
     def put(x, s):
-        x = jax.numpy.asarray(x) if not hasattr(x, "__array__") else x
-        return jax.make_array_from_callback(tuple(x.shape), s, lambda idx: x[idx])
+        x = np.asarray(x)
+        return jax.make_array_from_callback(x.shape, s, lambda idx: x[idx])
 
     return jax.tree_util.tree_map(put, host_params, shardings)
 
