@@ -1,8 +1,11 @@
 #!/usr/bin/env python
-"""Entry point for training (not implemented yet; see README 'What works')."""
+"""Train SAM 3. `python train.py` trains the small default (configs/synthetic.py) on the built-in
+synthetic data on a CPU, evaluates it and writes pictures; see `python train.py --help`.
 
-import sys
+    python train.py [--config configs/NAME.py[:arg]] [--config.x=y] [--workdir DIR] [--init_from CONVERTED_DIR]
+"""
+
+from sam3_jax.train.__main__ import run
 
 if __name__ == "__main__":
-    print("train.py: not implemented yet in sam3_jax (see README.md, 'What works')", file=sys.stderr)
-    sys.exit(2)
+    run()

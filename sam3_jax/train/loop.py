@@ -1,0 +1,301 @@
+"""The training loop behind `train.py`.
+
+    summary = train(cfg, workdir, init_from=None)
+
+* data: the Grain pipeline (`sam3_jax.data.pipeline`) over the configured source, sharded per process;
+* model: `Sam3Image`, params and AdamW state created directly in their shardings on the config's mesh
+  (or the params of a converted checkpoint, `--init_from`, placed into their shardings);
+* step: one jitted sharded step (`train.step.make_train_step`) with the SAM 3 matcher and losses;
+* checkpoints: Orbax `CheckpointManager` (async, keep N) holding the train state plus, in the same
+  step directory, the data iterator state and the loop position; a restart with the same command
+  resumes from the latest checkpoint and replays exactly the same data and updates;
+* logging (process 0 only): progress bar, `metrics.jsonl`, periodic evaluation (cgF1 / IL_MCC /
+  pmF1 on a fixed validation set, also on held-out colour-shape combinations), overlay pictures.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any, Callable, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from sam3_jax.model.sam3_image import Sam3Image
+from sam3_jax.parallel import checkpoint as ckpt
+from sam3_jax.parallel.distributed import is_main_process
+from sam3_jax.parallel.mesh import activate, batch_sharding, logical_rules, make_mesh
+from sam3_jax.parallel.state import abstract_train_state, init_params, init_train_state, place_params
+from sam3_jax.train.losses import LossConfig, compute_num_boxes, sam3_loss
+from sam3_jax.train.optim import make_optimizer
+from sam3_jax.train.step import make_train_step
+
+TARGET_PREFIX = "tgt_"
+
+
+def make_sources(cfg) -> tuple[Any, Any, Any]:
+    """(train, val, held-out val) sources of the configured kind."""
+    d = cfg.data
+    if d.source != "synthetic":
+        raise ValueError(f"unknown data source {d.source!r} (the CLI supports 'synthetic' so far)")
+    from sam3_jax.data.synthetic import SyntheticSource
+
+    kw = dict(seed=d.seed, canvas=d.canvas, max_instances=d.max_instances, max_prompt_boxes=d.max_exemplars)
+    train = SyntheticSource("train", **kw)
+    val = SyntheticSource("val", num_examples=d.eval_examples, held_out_rate=0.0, **kw)
+    held = SyntheticSource("test", num_examples=d.eval_examples, held_out_rate=1.0, **kw)
+    return train, val, held
+
+
+def mask_size(model_cfg) -> int:
+    return 4 * (model_cfg.image_size // model_cfg.vit.patch_size)
+
+
+def _pipeline_cfg(cfg, *, train: bool, batch: int):
+    from sam3_jax.data.pipeline import PipelineConfig
+
+    m = cfg.model
+    if train:
+        return PipelineConfig(resolution=m.image_size, mask_size=mask_size(m), batch_size=batch, seed=cfg.data.seed,
+                              worker_count=cfg.data.num_workers, context_length=m.text.context_length)
+    return PipelineConfig.for_eval(m.image_size, batch, mask_size=cfg.data.canvas,
+                                   context_length=m.text.context_length)
+
+
+def flatten_batch(batch: dict) -> dict:
+    """Pipeline batch -> one dict: the model inputs plus the loss targets under `tgt_` keys."""
+    from sam3_jax.data.pipeline import to_model_batch
+
+    inputs, targets = to_model_batch(batch)
+    return {**inputs, **{TARGET_PREFIX + k: v for k, v in targets.items()}}
+
+
+def make_loss_fn(loss_cfg) -> Callable:
+    config = LossConfig(use_masks=loss_cfg.use_masks, use_semantic_seg=loss_cfg.use_semantic_seg)
+
+    def loss_fn(outputs, batch):
+        targets = {k[len(TARGET_PREFIX):]: v for k, v in batch.items() if k.startswith(TARGET_PREFIX)}
+        num_boxes = compute_num_boxes(targets["valid"])
+        total, terms = sam3_loss(outputs, targets, num_boxes, config)
+        keep = ("loss_ce", "presence_loss", "loss_bbox", "loss_giou", "loss_mask", "loss_dice")
+        return total, {k: terms[k] for k in keep if k in terms}
+
+    return loss_fn
+
+
+def _input_specs(batch: dict) -> list:
+    from sam3_jax.train.step import MODEL_INPUTS
+
+    return [jax.ShapeDtypeStruct(batch[k].shape, batch[k].dtype) for k in MODEL_INPUTS]
+
+
+class _Logger:
+    def __init__(self, workdir: str, enabled: bool):
+        self.enabled = enabled
+        self.path = os.path.join(workdir, "metrics.jsonl")
+
+    def write(self, record: dict) -> None:
+        if self.enabled:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+
+def train(cfg, workdir: str, *, init_from: Optional[str] = None, log: Callable[[str], None] = print,
+          progress: bool = True) -> dict:
+    from tqdm import tqdm
+
+    from sam3_jax.data.pipeline import close_iterator, make_iterator
+
+    os.makedirs(workdir, exist_ok=True)
+    main = is_main_process()
+    if cfg.get("matmul_precision"):
+        jax.config.update("jax_default_matmul_precision", cfg.matmul_precision)
+    mesh = make_mesh(cfg.mesh)
+    rules = logical_rules(cfg)
+    model = Sam3Image(cfg.model)
+    t = cfg.train
+    n_proc = jax.process_count()
+    if cfg.data.train_batch % n_proc:
+        raise ValueError(f"train_batch {cfg.data.train_batch} is not divisible by {n_proc} processes")
+    train_src, val_src, held_src = make_sources(cfg)
+    it = make_iterator(train_src, _pipeline_cfg(cfg, train=True, batch=cfg.data.train_batch // n_proc),
+                       process_index=jax.process_index(), process_count=n_proc)
+    first = flatten_batch(next(it))
+    it_start = it.get_state()  # rewound below: `first` only provided the shapes
+
+    params, p_sh = init_params(model, jax.random.key(cfg.seed), _input_specs(first), mesh, rules)
+    if init_from:
+        params = _load_init(init_from, cfg, p_sh)
+    tx = make_optimizer(params, cfg.optim, t.steps)
+    state, s_sh = init_train_state(params, p_sh, tx, mesh)
+    b_sh = {k: batch_sharding(mesh, v.ndim, rules) for k, v in first.items()}
+    step_fn = make_train_step(model, tx, make_loss_fn(cfg.loss), mesh, rules, s_sh, b_sh)
+
+    mngr = ckpt.manager(os.path.join(workdir, "checkpoints"), max_to_keep=t.keep)
+    start = 0
+    data_state = None
+    if mngr.latest_step() is not None:
+        target = abstract_train_state(jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
+                                                             state["params"]), tx, s_sh)
+        state, meta = ckpt.restore(mngr, target, with_meta=True)
+        start, data_state = int(meta["step"]), meta["data_state"]
+        log(f"resumed from {workdir}/checkpoints at step {start}")
+    it.set_state(data_state if data_state is not None else it_start)
+
+    logger = _Logger(workdir, main)
+    evaluator = Evaluator(model, cfg, mesh, rules, p_sh, (val_src, held_src))
+    t0 = time.time()
+    step = start
+    bar = tqdm(total=t.steps, initial=start, disable=not (progress and main), unit="step")
+    last: dict = {}
+    try:
+        while step < t.steps:
+            batch = flatten_batch(next(it))
+            gbatch = _global_batch(batch, b_sh)
+            state, metrics = step_fn(state, gbatch)
+            step += 1
+            bar.update(1)
+            if step % t.log_every == 0 or step == t.steps:
+                last = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                bar.set_postfix(loss=f"{last['loss']:.3f}")
+                logger.write({"step": step, "time": round(time.time() - t0, 2), **last})
+            if step % t.checkpoint_every == 0 or step == t.steps:
+                ckpt.save(mngr, step, state, extra={"step": step, "data_state": it.get_state()})
+            if t.eval_every and step % t.eval_every == 0 and step < t.steps:
+                res = evaluator(state["params"])
+                logger.write({"step": step, "eval": res})
+                log(f"step {step}: " + ", ".join(f"{k} {v:.2f}" for k, v in res.items() if "cgF1" in k))
+            if t.max_minutes and (time.time() - t0) / 60 > t.max_minutes and step < t.steps:
+                ckpt.save(mngr, step, state, extra={"step": step, "data_state": it.get_state()})
+                log(f"time budget of {t.max_minutes} min reached at step {step}; checkpoint saved")
+                break
+    finally:
+        bar.close()
+        mngr.wait_until_finished()
+        close_iterator(it)
+    res = evaluator(state["params"], pictures=t.pictures, picture_dir=os.path.join(workdir, "pictures"))
+    summary = {"step": step, "minutes": round((time.time() - t0) / 60, 2), "last": last, "eval": res}
+    logger.write({"step": step, "final_eval": res})
+    if main:
+        with open(os.path.join(workdir, "summary.json"), "w") as f:
+            json.dump(summary, f, indent=2)
+    mngr.close()
+    return summary
+
+
+def _global_batch(batch: dict, shardings: dict) -> dict:
+    if jax.process_count() == 1:
+        return {k: jax.device_put(v, shardings[k]) for k, v in batch.items()}
+    return {k: jax.make_array_from_process_local_data(shardings[k], v) for k, v in batch.items()}
+
+
+def _load_init(init_from: str, cfg, p_sh) -> Any:
+    """Params of a converted checkpoint (convert_weights.py), checked against the model config."""
+    from sam3_jax.convert.checkpoint import load_converted, read_manifest
+    from sam3_jax.model.sam3_image import image_model_target_shapes
+
+    manifest = read_manifest(init_from)
+    target = image_model_target_shapes(cfg.model)
+    want = jax.tree_util.tree_map(lambda x: tuple(x.shape), target)
+    params, _ = load_converted(init_from, target)
+    got = jax.tree_util.tree_map(lambda x: tuple(x.shape), params)
+    if want != got:
+        raise ValueError(f"{init_from} ({manifest['model_config'].get('variant')}) does not fit this model config")
+    return place_params(jax.device_get(params), p_sh)
+
+
+class Evaluator:
+    """cgF1 (+ IL_MCC, pmF1) of the model on fixed validation sources, at the source image size."""
+
+    def __init__(self, model, cfg, mesh, rules, p_sh, sources):
+        self.model, self.cfg, self.mesh, self.rules, self.sources = model, cfg, mesh, rules, sources
+        self.batch = 16
+
+        def fwd(params, images, tokens, boxes, box_labels, box_mask):
+            out = model.apply({"params": params}, images, tokens, boxes, box_labels, box_mask)
+            scores = jax.nn.sigmoid(out["pred_logits"][..., 0]) * jax.nn.sigmoid(out["presence_logit_dec"])
+            return scores, out["pred_boxes_xyxy"], out["pred_masks"]
+
+        self._fwd = jax.jit(fwd)
+
+    def _predict(self, params, src):
+        from sam3_jax.data.pipeline import make_iterator
+
+        it = make_iterator(src, _pipeline_cfg(self.cfg, train=False, batch=self.batch))
+        rows = []
+        for b in it:
+            flat = flatten_batch(b)
+            with activate(self.mesh, self.rules):
+                scores, boxes, masks = jax.device_get(self._fwd(
+                    params, *[flat[k] for k in ("images", "tokens", "boxes", "box_labels", "box_mask")]))
+            for i in np.flatnonzero(np.asarray(b["row_valid"])):
+                rows.append((b, i, scores[i], boxes[i], masks[i]))
+        return rows
+
+    def __call__(self, params, pictures: int = 0, picture_dir: Optional[str] = None) -> dict:
+        out = {}
+        for name, src in zip(("val", "held_out"), self.sources):
+            rows = self._predict(params, src)
+            metrics = score_rows(rows)
+            out.update({f"{name}/{k}": v for k, v in metrics.items()})
+            if pictures and picture_dir and name == "val" and is_main_process():
+                save_pictures(rows[:pictures], picture_dir)
+        return out
+
+
+def _upsample_logits(masks: np.ndarray, size: int) -> np.ndarray:
+    from sam3_jax.layers.resize import resize_bilinear
+
+    return np.asarray(resize_bilinear(jnp.asarray(masks)[..., None], (size, size)))[..., 0]
+
+
+def score_rows(rows) -> dict:
+    """SA-Co metrics of (batch, row, scores, boxes, mask logits) tuples (official scorer semantics)."""
+    from sam3_jax.eval import evaluate_image
+    from sam3_jax.eval.io import encode_mask, image_prediction_records, validate_image_gt, validate_image_predictions
+
+    images, anns, preds = [], [], []
+    for pid, (b, i, scores, boxes, masks) in enumerate(rows):
+        h, w = int(b["height"][i]), int(b["width"][i])
+        images.append({"id": pid, "height": h, "width": w, "file_name": f"{pid}.png", "text_input": str(b["text"][i]),
+                       "is_instance_exhaustive": 1})
+        for m in np.flatnonzero(b["valid"][i]):
+            mk = np.asarray(b["masks"][i][m], bool)
+            ys, xs = np.nonzero(mk)
+            if len(xs) == 0:
+                continue
+            bbox = [xs.min() / w, ys.min() / h, (xs.max() + 1 - xs.min()) / w, (ys.max() + 1 - ys.min()) / h]
+            anns.append({"id": len(anns) + 1, "image_id": pid, "category_id": 1, "iscrowd": 0,
+                         "segmentation": encode_mask(mk), "bbox": [float(v) for v in bbox],
+                         "area": float(mk.sum()) / (h * w)})
+        keep = np.flatnonzero(scores >= 0.5)
+        if len(keep):
+            up = _upsample_logits(masks[keep], h) > 0
+            preds += image_prediction_records(pid, up, boxes[keep] * np.array([w, h, w, h]), scores[keep], h, w)
+    gt = validate_image_gt({"images": images, "annotations": anns, "categories": [{"id": 1, "name": "object"}]},
+                           "validation")
+    res = evaluate_image([gt], validate_image_predictions(preds, gt, "validation predictions"), "segm")["metrics"]
+    # cgF1 in percent (100 x pmF1 x IL_MCC, the paper's convention); IL_MCC and pmF1 as fractions.
+    pick = {"cgF1": ("cgF1", 100), "cgF1@0.5": ("cgF1@0.5", 100), "IL_MCC": ("IL_MCC", 1),
+            "pmF1": ("positive_micro_F1", 1)}
+    return {k: float(res[f"cgF1_eval_segm_{name}"]) * scale for k, (name, scale) in pick.items()}
+
+
+def save_pictures(rows, directory: str) -> None:
+    from sam3_jax.predict.masks import overlay
+
+    os.makedirs(directory, exist_ok=True)
+    for n, (b, i, scores, boxes, masks) in enumerate(rows):
+        img = np.asarray(b["image"][i])
+        h = int(b["height"][i])
+        from PIL import Image
+
+        src = np.asarray(Image.fromarray(img).resize((h, h), Image.BILINEAR))
+        keep = np.flatnonzero(scores >= 0.5)
+        up = _upsample_logits(masks[keep], h) > 0 if len(keep) else np.zeros((0, h, h), bool)
+        pic = overlay(src, up, boxes[keep] * h, scores[keep])
+        big = pic.resize((h * 4, h * 4), Image.NEAREST)
+        big.save(os.path.join(directory, f"val_{n}_{str(b['text'][i]).replace(' ', '_')}.png"))
