@@ -284,18 +284,22 @@ def score_rows(rows) -> dict:
     return {k: float(res[f"cgF1_eval_segm_{name}"]) * scale for k, (name, scale) in pick.items()}
 
 
-def save_pictures(rows, directory: str) -> None:
+def save_pictures(rows, directory: str, min_shown: int = 3) -> None:
+    """Predictions drawn on validation images: every query scoring >= 0.5, or at least the top
+    `min_shown` (so an undertrained model still shows what it finds), with the phrase on top."""
+    from PIL import Image, ImageDraw
+
     from sam3_jax.predict.masks import overlay
 
     os.makedirs(directory, exist_ok=True)
     for n, (b, i, scores, boxes, masks) in enumerate(rows):
-        img = np.asarray(b["image"][i])
-        h = int(b["height"][i])
-        from PIL import Image
-
-        src = np.asarray(Image.fromarray(img).resize((h, h), Image.BILINEAR))
-        keep = np.flatnonzero(scores >= 0.5)
-        up = _upsample_logits(masks[keep], h) > 0 if len(keep) else np.zeros((0, h, h), bool)
-        pic = overlay(src, up, boxes[keep] * h, scores[keep])
-        big = pic.resize((h * 4, h * 4), Image.NEAREST)
-        big.save(os.path.join(directory, f"val_{n}_{str(b['text'][i]).replace(' ', '_')}.png"))
+        side = 4 * int(b["height"][i])
+        src = np.asarray(Image.fromarray(np.asarray(b["image"][i])).resize((side, side), Image.BILINEAR))
+        order = np.argsort(-scores)
+        keep = order[: max(int((scores >= 0.5).sum()), min_shown)]
+        up = _upsample_logits(masks[keep], side) > 0
+        pic = overlay(src, up, boxes[keep] * side, scores[keep])
+        canvas = Image.new("RGB", (side, side + 16), (255, 255, 255))
+        canvas.paste(pic, (0, 16))
+        ImageDraw.Draw(canvas).text((2, 2), f'"{b["text"][i]}"  (>= 0.5: {int((scores >= 0.5).sum())})', fill=(0, 0, 0))
+        canvas.save(os.path.join(directory, f"val_{n}_{str(b['text'][i]).replace(' ', '_')}.png"))
