@@ -2,7 +2,6 @@
 predict CLI, and bad input."""
 
 import json
-import os
 import subprocess
 
 import numpy as np

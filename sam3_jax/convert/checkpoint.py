@@ -15,7 +15,6 @@ import tempfile
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 

@@ -37,7 +37,6 @@ only for the padding rows of `pad_final_batch`).
 from __future__ import annotations
 
 import dataclasses
-import functools
 import logging
 from typing import Any, Optional
 
@@ -121,29 +120,7 @@ class PipelineConfig:
 
 
 # --------------------------------------------------------------------------------------------- geometry
-@functools.lru_cache(maxsize=2048)
-def _aa_weights(n_in: int, n_out: int):
-    return _pre._aa_weights(n_in, n_out)
-
-
-def _resample_axis(x: np.ndarray, axis: int, out_size: int) -> np.ndarray:
-    """`predict.preprocess._resample_axis` with memoised weights (the same fixed-point arithmetic)."""
-    in_size = x.shape[axis]
-    if in_size == out_size:
-        return x
-    starts, w16, precision = _aa_weights(in_size, out_size)
-    k = w16.shape[1]
-    idx = np.minimum(starts[:, None] + np.arange(k)[None, :], in_size - 1)
-    taps = np.moveaxis(x, axis, 0).astype(np.int32)[idx]  # (out, K, ...)
-    acc = (taps * w16.reshape(w16.shape + (1,) * (taps.ndim - 2))).sum(axis=1) + (1 << (precision - 1))
-    return np.moveaxis(np.clip(acc >> precision, 0, 255).astype(np.uint8), 0, axis)
-
-
-def resize_uint8(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Bit-identical to `predict.preprocess.resize_uint8` (the official processor's resize), faster on
-    repeated sizes."""
-    h, w = size
-    return _resample_axis(_resample_axis(image, 1, w), 0, h)
+resize_uint8 = _pre.resize_uint8  # the official processor's resize (weights memoised there)
 
 
 def resize_uint8_fast(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:

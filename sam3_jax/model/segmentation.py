@@ -27,7 +27,7 @@ import jax.numpy as jnp
 
 from sam3_jax.layers import partitioning as P
 from sam3_jax.layers.attention import MultiHeadAttention
-from sam3_jax.layers.core import Conv, Dense, LayerNorm, ones, zeros
+from sam3_jax.layers.core import Conv, LayerNorm, ones, zeros
 from sam3_jax.layers.resize import resize_nearest
 from sam3_jax.model.mlp import MLP
 

@@ -9,6 +9,7 @@ both implementations see bit-identical pixels.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import numpy as np
@@ -17,8 +18,10 @@ MEAN = 0.5
 STD = 0.5
 
 
+@functools.lru_cache(maxsize=256)
 def _aa_weights(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray, int]:
-    """Per output index: window start, int16 weights (out, K), and their precision (bits)."""
+    """Per output index: window start, int16 weights (out, K), and their precision (bits).
+    Memoised (a pipeline resizes many images between the same sizes); callers must not mutate."""
     scale = in_size / out_size
     support = scale if scale >= 1.0 else 1.0  # bilinear: interp_size 2 -> half-width 1, widened by scale
     invscale = 1.0 / scale if scale >= 1.0 else 1.0

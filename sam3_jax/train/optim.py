@@ -62,12 +62,10 @@ def group_of(names: Sequence[str]) -> str:
 def lr_scales(params: Any, cfg) -> Any:
     """Per-leaf multipliers (arrays broadcastable to the leaf): group lr x layer decay x freezing."""
     o = cfg
-    depth = None
     group_lr = {"vision": o.lr_vision, "language": o.lr_language, "transformer": o.lr_transformer}
     frozen = [FREEZE_PRESETS[f] for f in (o.freeze or ())]
 
     def one(path, leaf):
-        nonlocal depth
         names = _path_names(path)
         s = group_lr[group_of(names)] * o.lr_scale
         if any(names[: len(f)] == f for f in frozen):
