@@ -123,8 +123,8 @@ def train(cfg, workdir: str, *, init_from: Optional[str] = None, log: Callable[[
     train_src, val_src, held_src = make_sources(cfg)
     it = make_iterator(train_src, _pipeline_cfg(cfg, train=True, batch=cfg.data.train_batch // n_proc),
                        process_index=jax.process_index(), process_count=n_proc)
-    first = flatten_batch(next(it))
-    it_start = it.get_state()  # rewound below: `first` only provided the shapes
+    it_start = it.get_state()
+    first = flatten_batch(next(it))  # only for the shapes: the iterator is rewound to it_start below
 
     params, p_sh = init_params(model, jax.random.key(cfg.seed), _input_specs(first), mesh, rules)
     if init_from:
