@@ -69,3 +69,57 @@ def test_kill_and_resume_replays_exactly(uninterrupted, tmp_path, repo_root, pyt
     assert sorted(got) == sorted(ref)
     for step in ref:
         assert abs(got[step] - ref[step]) <= 1e-6 * max(1.0, abs(ref[step])), (step, got[step], ref[step], kill_after)
+
+
+def test_init_from_converted_checkpoint_gives_exactly_the_converted_params(tmp_path, repo_root, python):
+    """--init_from: an official-layout checkpoint at the training config's sizes (built by the oracle),
+    converted by convert_weights.py, is what the run starts from, bit for bit."""
+    pytest.importorskip("sam3")
+    import importlib.util
+
+    import jax
+    import torch
+
+    from sam3_jax.config import model_config
+    from sam3_jax.convert.checkpoint import load_converted
+    from sam3_jax.model.sam3_image import image_model_target_shapes
+    from sam3_jax.parallel.mesh import logical_rules, make_mesh, param_shardings
+    from sam3_jax.parallel.state import abstract_params
+    from sam3_jax.parity import oracle
+    from sam3_jax.train import loop
+
+    spec = importlib.util.spec_from_file_location("syn", os.path.join(repo_root, "configs", "synthetic.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    cfg = mod.get_config("smoke")
+    official = oracle.random_image_model(cfg.model, seed=4)
+    ckpt = tmp_path / "sam3.pt"
+    torch.save({f"detector.{k}": v for k, v in official.state_dict().items()}, ckpt)
+    out = tmp_path / "converted"
+    r = subprocess.run([python, "convert_weights.py", "--checkpoint", str(ckpt), "--output", str(out),
+                        "--config", "configs/synthetic.py:smoke"], cwd=repo_root, capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    converted, _ = load_converted(str(out), image_model_target_shapes(cfg.model))
+    from sam3_jax.model.sam3_image import Sam3Image
+
+    mesh, rules = make_mesh(cfg.mesh), logical_rules(cfg)
+    s = cfg.model.image_size
+    specs = [jax.ShapeDtypeStruct((4, s, s, 3), np.float32), jax.ShapeDtypeStruct((4, 32), np.int32),
+             jax.ShapeDtypeStruct((4, 2, 4), np.float32), jax.ShapeDtypeStruct((4, 2), np.int32),
+             jax.ShapeDtypeStruct((4, 2), np.bool_)]
+    p_sh = param_shardings(abstract_params(Sam3Image(cfg.model), specs, mesh, rules), mesh, rules)
+    started = loop._load_init(str(out), cfg, p_sh)
+    for a, b in zip(jax.tree_util.tree_leaves(started), jax.tree_util.tree_leaves(converted)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    w = official.state_dict()["transformer.decoder.bbox_embed.layers.0.weight"].numpy()
+    np.testing.assert_array_equal(np.asarray(started["transformer"]["decoder"]["bbox_embed"]["layers"]["0"]["kernel"]), w.T)
+    # A checkpoint of another size is refused with a clear message.
+    other = tmp_path / "other"
+    tiny = oracle.random_image_model(model_config("tiny"), seed=1)
+    torch.save({f"detector.{k}": v for k, v in tiny.state_dict().items()}, tmp_path / "tiny.pt")
+    r = subprocess.run([python, "convert_weights.py", "--checkpoint", str(tmp_path / "tiny.pt"), "--output", str(other),
+                        "--config", "configs/sam3.py:tiny"], cwd=repo_root, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    with pytest.raises(ValueError, match="do not fit this model config"):
+        loop._load_init(str(other), cfg, p_sh)

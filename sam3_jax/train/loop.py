@@ -194,16 +194,21 @@ def _global_batch(batch: dict, shardings: dict) -> dict:
 
 def _load_init(init_from: str, cfg, p_sh) -> Any:
     """Params of a converted checkpoint (convert_weights.py), checked against the model config."""
+    import ml_collections
+
     from sam3_jax.convert.checkpoint import load_converted, read_manifest
     from sam3_jax.model.sam3_image import image_model_target_shapes
 
     manifest = read_manifest(init_from)
     target = image_model_target_shapes(cfg.model)
-    want = jax.tree_util.tree_map(lambda x: tuple(x.shape), target)
+    stored = image_model_target_shapes(ml_collections.ConfigDict(manifest["model_config"]))
+    shapes = lambda t: jax.tree_util.tree_map(lambda x: tuple(x.shape), t)  # noqa: E731
+    if shapes(stored) != shapes(target):
+        raise ValueError(
+            f"{init_from} holds a {manifest['model_config'].get('variant')!r} model whose params do not fit this "
+            f"model config ({cfg.model.variant!r}); convert the checkpoint with the training config"
+        )
     params, _ = load_converted(init_from, target)
-    got = jax.tree_util.tree_map(lambda x: tuple(x.shape), params)
-    if want != got:
-        raise ValueError(f"{init_from} ({manifest['model_config'].get('variant')}) does not fit this model config")
     return place_params(jax.device_get(params), p_sh)
 
 
