@@ -169,7 +169,8 @@ def train(cfg, workdir: str, *, init_from: Optional[str] = None, log: Callable[[
                 logger.write({"step": step, "eval": res})
                 log(f"step {step}: " + ", ".join(f"{k} {v:.2f}" for k, v in res.items() if "cgF1" in k))
             if t.max_minutes and (time.time() - t0) / 60 > t.max_minutes and step < t.steps:
-                ckpt.save(mngr, step, state, extra={"step": step, "data_state": it.get_state()})
+                if step % t.checkpoint_every:  # else this step was saved just above
+                    ckpt.save(mngr, step, state, extra={"step": step, "data_state": it.get_state()})
                 log(f"time budget of {t.max_minutes} min reached at step {step}; checkpoint saved")
                 break
     finally:
