@@ -42,6 +42,12 @@ def test_train_outputs(uninterrupted):
     assert sorted(_losses(workdir)) == list(range(1, 9))
     assert list((workdir / "pictures").glob("*.png"))
     assert (workdir / "checkpoints").is_dir()
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(workdir / "tensorboard"))
+    events.Reload()
+    assert {"loss", "final_eval/val/cgF1"} <= set(events.Tags()["scalars"])
+    assert [e.step for e in events.Scalars("loss")] == list(range(1, 9))
 
 
 def test_kill_and_resume_replays_exactly(uninterrupted, tmp_path, repo_root, python):

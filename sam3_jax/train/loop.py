@@ -9,7 +9,7 @@
 * checkpoints: Orbax `CheckpointManager` (async, keep N) holding the train state plus, in the same
   step directory, the data iterator state and the loop position; a restart with the same command
   resumes from the latest checkpoint and replays exactly the same data and updates;
-* logging (process 0 only): progress bar, `metrics.jsonl`, periodic evaluation (cgF1 / IL_MCC /
+* logging (process 0 only): progress bar, `metrics.jsonl` and TensorBoard events, periodic evaluation (cgF1 / IL_MCC /
   pmF1 on a fixed validation set, also on held-out colour-shape combinations), overlay pictures.
 """
 
@@ -93,14 +93,40 @@ def _input_specs(batch: dict) -> list:
 
 
 class _Logger:
+    """metrics.jsonl plus TensorBoard event files (written without TensorFlow), process 0 only."""
+
     def __init__(self, workdir: str, enabled: bool):
         self.enabled = enabled
         self.path = os.path.join(workdir, "metrics.jsonl")
+        self._tb = None
+        if enabled:
+            from tensorboard.summary.writer.event_file_writer import EventFileWriter
+
+            self._tb = EventFileWriter(os.path.join(workdir, "tensorboard"))
 
     def write(self, record: dict) -> None:
-        if self.enabled:
-            with open(self.path, "a") as f:
-                f.write(json.dumps(record) + "\n")
+        if not self.enabled:
+            return
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        from tensorboard.compat.proto import event_pb2, summary_pb2
+
+        flat = {}
+        for k, v in record.items():
+            if isinstance(v, dict):
+                flat.update({f"{k}/{kk}": vv for kk, vv in v.items()})
+            elif k not in ("step", "time"):
+                flat[k] = v
+        values = [summary_pb2.Summary.Value(tag=k, simple_value=float(v)) for k, v in flat.items()
+                  if isinstance(v, (int, float))]
+        if values:
+            self._tb.add_event(event_pb2.Event(wall_time=time.time(), step=int(record["step"]),
+                                               summary=summary_pb2.Summary(value=values)))
+            self._tb.flush()
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
 
 
 def train(cfg, workdir: str, *, init_from: Optional[str] = None, log: Callable[[str], None] = print,
@@ -180,6 +206,7 @@ def train(cfg, workdir: str, *, init_from: Optional[str] = None, log: Callable[[
     res = evaluator(state["params"], pictures=t.pictures, picture_dir=os.path.join(workdir, "pictures"))
     summary = {"step": step, "minutes": round((time.time() - t0) / 60, 2), "last": last, "eval": res}
     logger.write({"step": step, "final_eval": res})
+    logger.close()
     if main:
         with open(os.path.join(workdir, "summary.json"), "w") as f:
             json.dump(summary, f, indent=2)

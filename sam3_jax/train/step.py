@@ -38,7 +38,7 @@ def make_train_step(
         (loss, metrics), grads = jax.value_and_grad(objective, has_aux=True)(state["params"])
         updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
         params = optax.apply_updates(state["params"], updates)
-        metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), **metrics}
+        metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), **metrics}
         return {"params": params, "opt_state": opt_state, "step": state["step"] + 1}, metrics
 
     jitted = jax.jit(step, in_shardings=(state_shardings, batch_shardings),
