@@ -38,27 +38,45 @@ def key_padding_to_mask(pad: jax.Array) -> jax.Array:
     return ~pad[:, None, None, :]
 
 
-class FusionEncoderLayer(nn.Module):
+class TransformerEncoderLayer(nn.Module):
+    """Official `TransformerEncoderLayer` with `pre_norm=True` (ReLU FFN), used by the fusion encoder
+    and the geometry encoder, which differ only in where the positional encoding enters:
+
+        x += SA(q = k = norm1 x [+ x_pos], v = norm1 x)            key padding: self_pad
+        x += CA(q = norm2 x, k = memory [+ memory_pos], v = memory) key padding: memory_pad
+        x += linear2(relu(linear1(norm3 x)))
+
+    `pos_at_self_attn` / `pos_at_cross_keys` are the official `pos_enc_at_attn` /
+    `pos_enc_at_cross_attn_keys`; queries of the cross-attention never get a position.
+    Scanned call: (x, x_pos, self_pad, memory, memory_pos, memory_pad); unused ones may be None.
+    """
+
     num_heads: int
     dim_feedforward: int
+    pos_at_self_attn: bool
+    pos_at_cross_keys: bool
+    cross_attn_name: str = "cross_attn_image"
     attention_impl: Optional[str] = None
     dtype: Dtype | None = None
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jax.Array, pos: jax.Array, prompt: jax.Array, prompt_mask: jax.Array):
+    def __call__(self, x, x_pos, self_pad, memory, memory_pos, memory_pad):
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         mha = dict(attention_impl=self.attention_impl, **kw)
         d = x.shape[-1]
         x = P.constrain(x, (P.BATCH, P.LENGTH, P.ACT_EMBED))
 
         y = LayerNorm(name="norm1", **kw)(x)
-        qk = y + pos.astype(y.dtype)
-        x = x + MultiHeadAttention(self.num_heads, name="self_attn", **mha)(qk, qk, y)
+        qk = y + x_pos.astype(y.dtype) if self.pos_at_self_attn else y
+        x = x + MultiHeadAttention(self.num_heads, name="self_attn", **mha)(
+            qk, qk, y, mask=None if self_pad is None else key_padding_to_mask(self_pad)
+        )
 
         y = LayerNorm(name="norm2", **kw)(x)
-        x = x + MultiHeadAttention(self.num_heads, name="cross_attn_image", **mha)(
-            y, prompt, prompt, mask=key_padding_to_mask(prompt_mask)
+        keys = memory + memory_pos.astype(memory.dtype) if self.pos_at_cross_keys else memory
+        x = x + MultiHeadAttention(self.num_heads, name=self.cross_attn_name, **mha)(
+            y, keys, memory, mask=None if memory_pad is None else key_padding_to_mask(memory_pad)
         )
 
         y = LayerNorm(name="norm3", **kw)(x)
@@ -97,19 +115,21 @@ class FusionEncoder(nn.Module):
             )
         dtype = self.dtype or img.dtype
         Layers = scanned(
-            FusionEncoderLayer,
+            TransformerEncoderLayer,
             length=self.num_layers,
-            in_axes=(nn.broadcast, nn.broadcast, nn.broadcast),
+            in_axes=(nn.broadcast,) * 5,
             remat=self.remat,
         )
         x, _ = Layers(
             self.num_heads,
             self.dim_feedforward,
-            self.attention_impl,
+            pos_at_self_attn=True,
+            pos_at_cross_keys=False,
+            attention_impl=self.attention_impl,
             dtype=self.dtype,
             param_dtype=self.param_dtype,
             name="layers",
-        )(img.astype(dtype), img_pos.astype(dtype), prompt.astype(dtype), prompt_mask)
+        )(img.astype(dtype), img_pos.astype(dtype), None, prompt.astype(dtype), None, prompt_mask)
         return x
 
 

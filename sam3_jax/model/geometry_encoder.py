@@ -37,10 +37,10 @@ import jax
 import jax.numpy as jnp
 
 from sam3_jax.layers import partitioning as P
-from sam3_jax.layers.attention import MultiHeadAttention
 from sam3_jax.layers.core import Conv, Dense, LayerNorm
 from sam3_jax.layers.roi_align import grid_sample, roi_align
 from sam3_jax.layers.stack import scanned
+from sam3_jax.model.encoder import TransformerEncoderLayer
 
 Dtype = Any
 
@@ -82,35 +82,6 @@ def concat_padded(
         out = jnp.where(from2[..., None], picked.astype(out.dtype), out)
     mask = t[None, :] >= (n1 + n2)[:, None]
     return out, mask
-
-
-class GeometryEncoderLayer(nn.Module):
-    """Pre-norm layer: x += SA(norm1 x); x += CA(norm2 x, img + pos, img); x += FFN(norm3 x)."""
-
-    num_heads: int
-    dim_feedforward: int
-    attention_impl: Optional[str] = None
-    dtype: Dtype | None = None
-    param_dtype: Dtype = jnp.float32
-
-    @nn.compact
-    def __call__(self, x: jax.Array, memory: jax.Array, memory_pos: jax.Array, pad: jax.Array):
-        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        mha = dict(attention_impl=self.attention_impl, **kw)
-        d = x.shape[-1]
-        x = P.constrain(x, (P.BATCH, P.LENGTH, P.ACT_EMBED))
-        y = LayerNorm(name="norm1", **kw)(x)
-        x = x + MultiHeadAttention(self.num_heads, name="self_attn", **mha)(
-            y, y, y, mask=~pad[:, None, None, :]
-        )
-        y = LayerNorm(name="norm2", **kw)(x)
-        x = x + MultiHeadAttention(self.num_heads, name="cross_attn_image", **mha)(
-            y, memory + memory_pos, memory
-        )
-        y = LayerNorm(name="norm3", **kw)(x)
-        y = Dense(self.dim_feedforward, (P.EMBED, P.MLP), name="linear1", **kw)(y)
-        y = Dense(d, (P.MLP, P.EMBED), name="linear2", **kw)(jax.nn.relu(y))
-        return x + y, None
 
 
 class GeometryEncoder(nn.Module):
@@ -229,13 +200,14 @@ class GeometryEncoder(nn.Module):
         memory = img_feats.reshape(b, h * w, c).astype(act)
         memory_pos = img_pos.reshape(b, h * w, c).astype(act)
         if self.num_layers > 0:
-            Layers = scanned(
-                GeometryEncoderLayer, length=self.num_layers,
-                in_axes=(nn.broadcast, nn.broadcast, nn.broadcast), remat=self.remat,
-            )
+            Layers = scanned(TransformerEncoderLayer, length=self.num_layers, in_axes=(nn.broadcast,) * 5,
+                             remat=self.remat)
+            # Self-attention without positions (over the padded prompt tokens); cross-attention
+            # keys = image features + their sine positions.
             tokens, _ = Layers(
-                self.num_heads, self.dim_feedforward, self.attention_impl, name="encode", **kw
-            )(tokens, memory, memory_pos, mask)
+                self.num_heads, self.dim_feedforward, pos_at_self_attn=False, pos_at_cross_keys=True,
+                attention_impl=self.attention_impl, name="encode", **kw
+            )(tokens, None, mask, memory, memory_pos, None)
             tokens = LayerNorm(name="encode_norm", **kw)(tokens)
         return tokens, mask
 
