@@ -172,6 +172,24 @@ class _BadData:
 
 
 # --------------------------------------------------------------------------------------------- COCO
+def _record_example(src: Any, rec: dict, index: int, described_by: str, where: str, image_id, category_id):
+    """An indexed (image, phrase) record of a COCO / SA-Co source -> example dict, or None (counted,
+    logged) when the image is unreadable or not the size the annotation file gives, per `on_bad_data`."""
+    try:
+        image = load_rgb(rec["image_path"])
+        if image.shape[:2] != (rec["height"], rec["width"]):
+            raise DataError(f"image {rec['image_path']} is {image.shape[0]}x{image.shape[1]} (HxW) but "
+                            f"{described_by} says {rec['height']}x{rec['width']}{where}")
+    except DataError as e:
+        src._bad("unreadable image", str(e))
+        return None
+    masks = _decode_rles(rec["rles"], rec["height"], rec["width"])
+    ex = _pad_example(image, rec["text"], rec["boxes_xywh"], masks, rec["is_exhaustive"], src.max_instances,
+                      src.max_prompt_boxes, rec["pair_id"],
+                      {"image_id": image_id, "category_id": category_id, "file_name": rec["file_name"]})
+    return _add_exemplar(ex, np.random.default_rng([src.seed, index, 0xE7]), src.p_exemplar)
+
+
 class CocoSource:
     """(image, category) pairs of a COCO-format instances file; see the module docstring.
 
@@ -347,20 +365,8 @@ class CocoSource:
         except DataError as e:
             self._bad("bad segmentation", str(e))
             return None
-        try:
-            image = load_rgb(rec["image_path"])
-            if image.shape[:2] != (rec["height"], rec["width"]):
-                raise DataError(f"image {rec['image_path']} is {image.shape[0]}x{image.shape[1]} (HxW) but "
-                                f"{self.annotation_file} says {rec['height']}x{rec['width']}")
-        except DataError as e:
-            self._bad("unreadable image", str(e))
-            return None
-        masks = _decode_rles(rec["rles"], rec["height"], rec["width"])
-        ex = _pad_example(image, rec["text"], rec["boxes_xywh"], masks, rec["is_exhaustive"], self.max_instances,
-                          self.max_prompt_boxes, rec["pair_id"],
-                          {"image_id": np.int64(rec["image_id"]), "category_id": np.int64(rec["category_id"]),
-                           "file_name": rec["file_name"]})
-        return _add_exemplar(ex, np.random.default_rng([self.seed, index, 0xE7]), self.p_exemplar)
+        return _record_example(self, rec, index, self.annotation_file, "",
+                               np.int64(rec["image_id"]), np.int64(rec["category_id"]))
 
 
 # --------------------------------------------------------------------------------------------- SA-Co/Gold
@@ -472,20 +478,8 @@ class SacoGoldSource:
         if not 0 <= index < len(self):
             raise IndexError(f"index {index} out of range for {self!r}")
         rec = self.record(index)
-        try:
-            image = load_rgb(rec["image_path"])
-            if image.shape[:2] != (rec["height"], rec["width"]):
-                raise DataError(f"image {rec['image_path']} is {image.shape[0]}x{image.shape[1]} (HxW) but "
-                                f"{self.gt_file} says {rec['height']}x{rec['width']} for pair {rec['pair_id']}")
-        except DataError as e:
-            self._bad("unreadable image", str(e))
-            return None
-        masks = _decode_rles(rec["rles"], rec["height"], rec["width"])
-        ex = _pad_example(image, rec["text"], rec["boxes_xywh"], masks, rec["is_exhaustive"], self.max_instances,
-                          self.max_prompt_boxes, rec["pair_id"],
-                          {"image_id": np.int64(rec["pair_id"]), "category_id": np.int64(-1),
-                           "file_name": rec["file_name"]})
-        return _add_exemplar(ex, np.random.default_rng([self.seed, index, 0xE7]), self.p_exemplar)
+        return _record_example(self, rec, index, self.gt_file, f" for pair {rec['pair_id']}",
+                               np.int64(rec["pair_id"]), np.int64(-1))
 
 
 # --------------------------------------------------------------------------------------------- writer
