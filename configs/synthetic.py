@@ -7,7 +7,7 @@ head) at a small size, on procedurally drawn coloured shapes with noun-phrase pr
 
 import ml_collections
 
-from sam3_jax.config import model_config
+from sam3_jax.config import data_config, model_config
 from sam3_jax.train.optim import official_defaults
 
 
@@ -29,10 +29,8 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     m.geometry_layers = 1
     cfg.model = m
 
-    cfg.data = ml_collections.ConfigDict(dict(
-        source="synthetic", canvas=64, max_instances=8, max_exemplars=2, seed=0,
-        train_batch=16, eval_examples=256, num_workers=0, on_bad_data="raise",
-    ))
+    cfg.data = data_config(source="synthetic", canvas=64, max_instances=8, max_exemplars=2, train_batch=16,
+                           eval_examples=256)
     o = official_defaults()
     # A from-scratch run on a CPU wants far larger steps than the fine-tuning recipe.
     o.update(lr_transformer=1e-3, lr_vision=1e-3, lr_language=1e-3, lr_scale=1.0, layer_decay=1.0,

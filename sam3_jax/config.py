@@ -94,3 +94,33 @@ def validate_model_config(c: ml_collections.ConfigDict) -> None:
         raise ValueError(f"text width {c.text.width} is not divisible by heads {c.text.heads}")
     if v.width % 4:
         raise ValueError("ViT width must be divisible by 4 for the 4x neck branch")
+
+
+def data_config(**overrides) -> ml_collections.ConfigDict:
+    """The `data` block of a training config (read by `sam3_jax.train.loop.make_sources`).
+
+    source: synthetic | coco | saco | tfds. The file fields are placeholders, so any of them can be
+    set from the command line (`--config.data.train_annotations=...`).
+    """
+    p = ml_collections.config_dict.placeholder
+    d = ml_collections.ConfigDict(dict(
+        source="synthetic",
+        seed=0,
+        train_batch=16,
+        eval_examples=256,  # validation keeps its first N pairs
+        num_workers=0,  # Grain worker processes
+        on_bad_data="raise",  # or "skip": bad records are counted and logged
+        max_instances=8,
+        max_exemplars=2,
+        # synthetic
+        canvas=64,
+        synthetic=ml_collections.ConfigDict(),  # further SyntheticSource options
+        # coco / saco: annotation JSON + image folder per split
+        train_annotations=p(str), train_images=p(str), val_annotations=p(str), val_images=p(str),
+        negatives_per_image=2, p_exemplar=0.0,
+        # tfds: a folder written by sam3_jax.data.tfds_builders, and its split names
+        tfds_dir=p(str), train_split="train", val_split="val",
+        eval_mask_size=p(int),  # non-synthetic sources: evaluation frame side (default 4 x patch grid)
+    ))
+    d.update(overrides)
+    return d

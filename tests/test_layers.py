@@ -315,6 +315,25 @@ def test_dot_product_attention_matches_sdpa(tq, tk):
     _close(ours, _sdpa_ref(q, k, v, attn_mask=_t(bias)), atol=2e-6)
 
 
+def test_full_sequence_lengths_keeps_attention_unchanged():
+    """The cuDNN path spells a key-padding bias (B, 1, 1, Tk) / mask (B, Tk) out to (.., Tq, Tk):
+    the result on XLA is the same attention."""
+    from sam3_jax.layers.attention import full_sequence_lengths
+
+    rng = _rng(9)
+    b, tq, tk, n, d = 2, 5, 7, 4, 8
+    q, k, v = (jnp.asarray(_randn(rng, b, t, n, d)) for t in (tq, tk, tk))
+    bias = jnp.asarray(_randn(rng, b, 1, 1, tk))
+    mask = jnp.asarray(rng.random((1, tk)) > 0.3).at[:, 0].set(True)
+    assert full_sequence_lengths(bias, tq, tk).shape == (b, 1, tq, tk)
+    assert full_sequence_lengths(mask, tq, tk).shape == (1, 1, tq, tk)
+    assert full_sequence_lengths(None, tq, tk) is None
+    want = dot_product_attention(q, k, v, bias=bias, mask=mask)
+    got = dot_product_attention(q, k, v, bias=full_sequence_lengths(bias, tq, tk),
+                                mask=full_sequence_lengths(mask, tq, tk))
+    _close(got, want, atol=1e-7)
+
+
 def test_dot_product_attention_causal_matches_sdpa():
     rng = _rng(8)
     b, t, n, d = 2, 11, 3, 8

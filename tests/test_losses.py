@@ -414,3 +414,44 @@ def test_grad_and_num_boxes(off):
     np.testing.assert_allclose(per_replica, [3.0, 3.0])
     assert float(compute_num_boxes(jnp.zeros((2, 3), bool))) == 1.0
     assert float(compute_num_boxes(valid.reshape(4, 3), num_replicas=2)) == 6.0
+
+
+def test_image_model_dac_outputs_feed_the_o2m_losses():
+    """Sam3Image(dac=True): the o2o outputs equal the eval forward, the o2m outputs have the same
+    shapes, and sam3_loss adds finite o2m terms (times o2m_weight) to the total."""
+    import importlib.util
+    import os
+
+    from sam3_jax.model.sam3_image import Sam3Image
+    from sam3_jax.train.losses import LossConfig
+
+    path = os.path.join(os.path.dirname(__file__), "..", "configs", "synthetic.py")
+    spec = importlib.util.spec_from_file_location("synthetic_cfg", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    cfg = mod.get_config("").model
+    model = Sam3Image(cfg)
+    rng = np.random.default_rng(0)
+    b, s, q = 2, cfg.image_size, cfg.num_queries
+    inputs = (jnp.asarray(rng.normal(size=(b, s, s, 3)), jnp.float32),
+              jnp.asarray(rng.integers(1, 400, (b, cfg.text.context_length)), jnp.int32),
+              jnp.zeros((b, 1, 4)), jnp.zeros((b, 1), jnp.int32), jnp.ones((b, 1), bool))
+    params = model.init(jax.random.key(0), *inputs)["params"]
+    plain, dac = (jax.jit(lambda p, d=d: model.apply({"params": p}, *inputs, dac=d))(params) for d in (False, True))
+    for k in ("pred_logits", "pred_boxes", "pred_masks", "presence_logit_dec"):
+        np.testing.assert_allclose(np.asarray(dac[k]), np.asarray(plain[k]), atol=1e-5, err_msg=k)
+    for k in ("pred_logits", "pred_boxes", "pred_boxes_xyxy", "pred_masks"):
+        assert dac[k + "_o2m"].shape == plain[k].shape, k
+    assert dac["aux"]["pred_logits_o2m"].shape == plain["aux"]["pred_logits"].shape
+    assert "pred_logits_o2m" not in plain
+    m = 3
+    h = dac["pred_masks"].shape[-1]
+    targets = {"boxes": jnp.asarray(rng.uniform(0.3, 0.6, (b, m, 4)), jnp.float32),
+               "valid": jnp.asarray([[True, True, False], [True, False, False]]),
+               "masks": jnp.asarray(rng.random((b, m, h, h)) > 0.5)}
+    cfg_loss = LossConfig(use_semantic_seg=False)
+    total_dac, terms = sam3_loss(dac, targets, 3.0, cfg_loss)
+    total_plain, _ = sam3_loss(plain, targets, 3.0, cfg_loss)
+    for k in ("loss_ce_o2m", "loss_bbox_o2m", "loss_giou_o2m", "loss_mask_o2m", "loss_dice_o2m"):
+        assert np.isfinite(float(terms[k])) and float(terms[k]) > 0, k
+    assert float(total_dac) > float(total_plain)

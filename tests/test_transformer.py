@@ -421,6 +421,43 @@ def test_box_gradients_match_official(tiny_cfg):
         np.testing.assert_allclose(np.asarray(ours), ref, atol=TOL, rtol=0, err_msg="/".join(path))
 
 
+def test_dac_decoder_matches_official(tiny_cfg):
+    """The training path with DAC: 2Q queries ([o2o; o2m]), self-attention over [presence; o2o] only,
+    equal to the official decoder called with apply_dac=True. No o2m query ever reaches an o2o one,
+    so the o2o half equals the eval (no-DAC) decoder's output."""
+    import torch
+
+    from sam3_jax.parity.oracle import cuda_to_cpu
+
+    model = random_official(tiny_cfg, 4)
+    inputs = make_inputs(tiny_cfg, 4, (16, 16))
+    params = convert_official(model, tiny_cfg, (16, 16))["transformer"]["decoder"]
+    L, B, Q = tiny_cfg.decoder_layers, 2, tiny_cfg.num_queries
+    dec = model.transformer.decoder
+    t = lambda a: torch.from_numpy(np.ascontiguousarray(a))  # noqa: E731
+    with torch.no_grad(), cuda_to_cpu():
+        hs, refs, presence, _ = dec(
+            tgt=dec.query_embed.weight.unsqueeze(1).repeat(1, B, 1), memory=t(inputs["img"]).transpose(0, 1),
+            memory_key_padding_mask=None, pos=t(inputs["img_pos"]).transpose(0, 1), reference_boxes=None,
+            level_start_index=None, spatial_shapes=torch.tensor([[16, 16]]), valid_ratios=torch.ones(B, 1, 2),
+            tgt_mask=None, memory_text=t(inputs["prompt"]).transpose(0, 1), text_attention_mask=t(inputs["prompt_mask"]),
+            apply_dac=True,
+        )
+    ref = {"hs": hs.transpose(1, 2).numpy(), "reference_boxes": refs.transpose(1, 2).numpy(),
+           "presence_logits": presence.transpose(1, 2).numpy()}
+    run = lambda dac: jax.jit(lambda p: decoder_from_config(tiny_cfg).apply(  # noqa: E731
+        {"params": p}, inputs["img"], inputs["img_pos"], (16, 16), inputs["prompt"], inputs["prompt_mask"], dac=dac))
+    ours = jax.tree_util.tree_map(np.asarray, run(True)(params))
+    assert ours["hs"].shape == ref["hs"].shape == (L, B, 2 * Q, tiny_cfg.d_model)
+    for k, v in ref.items():
+        np.testing.assert_allclose(ours[k], v, atol=TOL, rtol=0, err_msg=k)
+    # the o2m half really differs from the o2o half (it skipped self-attention) ...
+    assert np.max(np.abs(ours["hs"][:, :, :Q] - ours["hs"][:, :, Q:])) > 1e-2
+    # ... and the o2o half is the eval decoder's output
+    plain = jax.tree_util.tree_map(np.asarray, run(False)(params))
+    np.testing.assert_allclose(ours["hs"][:, :, :Q], plain["hs"], atol=TOL, rtol=0)
+
+
 @pytest.mark.parametrize("num_layers,residual,out_norm", [(1, False, False), (2, True, True), (3, False, True)])
 def test_mlp_matches_official(num_layers, residual, out_norm):
     import torch

@@ -33,9 +33,20 @@ def dot_product_attention(
 
     mask: boolean, True = attend, broadcastable to (B, N, Tq, Tk). bias: additive, same shape.
     """
+    if implementation == "cudnn":  # cuDNN wants bias / mask with both sequence lengths spelled out
+        bias, mask = (full_sequence_lengths(x, q.shape[1], k.shape[1]) for x in (bias, mask))
     return jax.nn.dot_product_attention(
         q, k, v, bias=bias, mask=mask, is_causal=is_causal, implementation=implementation
     )
+
+
+def full_sequence_lengths(x: Optional[jax.Array], tq: int, tk: int) -> Optional[jax.Array]:
+    """A bias or mask broadcastable to (B, N, Tq, Tk) -> 4D with its last two dims exactly (Tq, Tk)
+    (B and N may stay 1), the form the cuDNN kernel accepts."""
+    if x is None:
+        return None
+    x = x.reshape((1,) * (4 - x.ndim) + x.shape)
+    return jnp.broadcast_to(x, x.shape[:2] + (tq, tk))
 
 
 class HeadProjection(nn.Module):

@@ -20,8 +20,12 @@ reference boxes r that enter it:
 
 The un-normed queries go to the next layer together with box (gradient-stopped) as its reference.
 The layer norms are named as in the official code, not by execution order. The presence logits are
-not clamped: the official clamp's result is discarded, so it has no effect (kept that way). DAC
-(training-only query duplication) is not applied: this is the eval path.
+not clamped: the official clamp's result is discarded, so it has no effect (kept that way).
+
+DAC (`dac=True`, the official training path; off at eval): the Q queries and their reference boxes
+are repeated, [o2o; o2m] (2Q); self-attention runs over [presence; o2o] only, the o2m queries skip it
+and `norm2` then normalises all of them; every other sub-layer and head sees all 2Q. The outputs
+hold 2Q queries, the o2o ones first (Sam3Image splits them into the `_o2m` outputs).
 
 boxRPB ('log'): grid coordinates are top-left, arange(n)/n; for each box (xyxy) the two edge
 offsets per axis, d -> sign(8d) * log2(|8d| + 1) / 3, are mapped to per-head values by
@@ -148,6 +152,7 @@ class DecoderLayer(nn.Module):
     dim_feedforward: int
     spatial_shape: tuple[int, int]
     attention_impl: Optional[str] = None
+    num_o2o: Optional[int] = None  # DAC: only the presence token and the first num_o2o queries self-attend
     dtype: Dtype | None = None
     param_dtype: Dtype = jnp.float32
 
@@ -157,8 +162,11 @@ class DecoderLayer(nn.Module):
         d = x.shape[-1]
         pos = jnp.concatenate([jnp.zeros_like(query_pos[:, :1]), query_pos], axis=1).astype(x.dtype)
 
-        qk = x + pos
-        x = x + MultiHeadAttention(self.num_heads, name="self_attn", **mha)(qk, qk, x)
+        n_sa = x.shape[1] if self.num_o2o is None else 1 + self.num_o2o
+        sa_in = x[:, :n_sa]
+        qk = sa_in + pos[:, :n_sa]
+        sa_out = sa_in + MultiHeadAttention(self.num_heads, name="self_attn", **mha)(qk, qk, sa_in)
+        x = jnp.concatenate([sa_out, x[:, n_sa:]], axis=1) if n_sa < x.shape[1] else sa_out
         x = LayerNorm(name="norm2", **kw)(x)
 
         x = x + MultiHeadAttention(self.num_heads, name="ca_text", **mha)(
@@ -220,7 +228,7 @@ class DecoderLayer(nn.Module):
 
 
 class Decoder(nn.Module):
-    """Official `transformer.decoder` (eval path: no DAC)."""
+    """Official `transformer.decoder` (DAC on request: the training path)."""
 
     num_layers: int
     num_heads: int
@@ -239,9 +247,11 @@ class Decoder(nn.Module):
         spatial_shape: tuple[int, int],
         prompt: jax.Array,
         prompt_mask: jax.Array,
+        dac: bool = False,
     ) -> dict[str, jax.Array]:
         """memory, memory_pos (B, H*W, C) row-major; spatial_shape (H, W); prompt (B, P, C) with
-        prompt_mask (B, P) bool, True = padding.
+        prompt_mask (B, P) bool, True = padding. dac: duplicate the queries (o2o then o2m, 2Q in the
+        outputs below) as the official decoder does in training.
 
         Returns (batch-first, L = num_layers): hs (L, B, Q, C) after `norm`; reference_boxes
         (L, B, Q, 4), the cxcywh boxes entering each layer; pred_boxes (L, B, Q, 4) cxcywh and
@@ -289,9 +299,11 @@ class Decoder(nn.Module):
             heads["presence_token_out_norm"](jnp.zeros((1, d), dtype))
         head_params = nn.meta.unbox({k: self.variables["params"][k] for k in heads})
 
-        tgt = jnp.broadcast_to(query_embed.astype(dtype)[None], (b, q, d))
+        reps = 2 if dac else 1
+        tgt = jnp.broadcast_to(jnp.tile(query_embed.astype(dtype), (reps, 1))[None], (b, reps * q, d))
         presence = jnp.broadcast_to(presence_token.astype(dtype)[None], (b, 1, d))
-        ref = jnp.broadcast_to(jax.nn.sigmoid(reference_points.astype(jnp.float32))[None], (b, q, 4))
+        ref0 = jnp.tile(jax.nn.sigmoid(reference_points.astype(jnp.float32)), (reps, 1))
+        ref = jnp.broadcast_to(ref0[None], (b, reps * q, 4))
 
         Layers = scanned(
             DecoderLayer,
@@ -304,6 +316,7 @@ class Decoder(nn.Module):
             self.dim_feedforward,
             (h, w),
             self.attention_impl,
+            q if dac else None,
             name="layers",
             **kw,
         )(

@@ -79,11 +79,17 @@ class Sam3Image(nn.Module):
         box_labels: jax.Array,
         box_mask: jax.Array,
         img_ids: Optional[jax.Array] = None,
+        dac: bool = False,
     ) -> dict[str, Any]:
         """One prompt per row: text_out rows (B_p, T, C), boxes (B_p, N, 4) normalised cxcywh,
         box_labels (B_p, N) int (1 positive / 0 negative), box_mask (B_p, N) bool True = padding.
         img_ids (B_p,) picks the image of each prompt from image_out's batch (default: row i ->
-        image i, or image 0 for every prompt when image_out holds one image)."""
+        image i, or image 0 for every prompt when image_out holds one image).
+
+        dac: the official training forward with DAC: the decoder runs Q one-to-one and Q one-to-many
+        queries; the o2o ones give the usual outputs, the o2m ones `pred_logits_o2m`,
+        `pred_boxes_o2m`, `pred_boxes_xyxy_o2m`, `pred_masks_o2m` (and the first three per layer in
+        `aux`), which the training loss reads."""
         fpn = list(image_out["backbone_fpn"])
         pos = list(image_out["vision_pos_enc"])
         n_prompts = text_out["language_features"].shape[0]
@@ -108,10 +114,18 @@ class Sam3Image(nn.Module):
         img_tokens = feats.reshape(b, h * w, c)
         img_pos = feat_pos.reshape(b, h * w, c)
         memory = self.transformer.encoder(img_tokens, img_pos, prompt, prompt_mask)
-        dec = self.transformer.decoder(memory, img_pos, (h, w), prompt, prompt_mask)
-        logits = self.dot_prod_scoring(dec["hs"], prompt, prompt_mask)  # (L, B, Q, 1)
+        dec = self.transformer.decoder(memory, img_pos, (h, w), prompt, prompt_mask, dac=dac)
+        logits = self.dot_prod_scoring(dec["hs"], prompt, prompt_mask)  # (L, B, Q, 1); 2Q with DAC
         seg = self.segmentation_head(fpn, memory, prompt, prompt_mask, dec["hs"][-1])
-        return {
+        o2m = {}
+        if dac:
+            q = self.config.num_queries
+            per_layer = {"pred_logits": logits, "pred_boxes": dec["pred_boxes"], "pred_boxes_xyxy": dec["pred_boxes_xyxy"]}
+            o2m = {f"{k}_o2m": v[:, :, q:] for k, v in per_layer.items()}
+            logits = logits[:, :, :q]
+            dec = {**dec, **{k: dec[k][:, :, :q] for k in ("hs", "reference_boxes", "pred_boxes", "pred_boxes_xyxy")}}
+            seg = {**seg, "pred_masks": seg["pred_masks"][:, :q], "pred_masks_o2m": seg["pred_masks"][:, q:]}
+        out = {
             "pred_logits": logits[-1],
             "pred_boxes": dec["pred_boxes"][-1],
             "pred_boxes_xyxy": dec["pred_boxes_xyxy"][-1],
@@ -130,16 +144,21 @@ class Sam3Image(nn.Module):
                 "presence_logit_dec": dec["presence_logits"],
                 "hs": dec["hs"],
                 "reference_boxes": dec["reference_boxes"],
+                **o2m,
             },
         }
+        if dac:
+            out.update({k: v[-1] for k, v in o2m.items()})
+            out["pred_masks_o2m"] = seg["pred_masks_o2m"]
+        return out
 
     def forward_prompts(self, image_out, tokens, boxes, box_labels, box_mask) -> dict[str, Any]:
         """Text tokens + boxes for one cached image (or one per prompt) -> grounding outputs."""
         return self.forward_grounding(image_out, self.forward_text(tokens), boxes, box_labels, box_mask)
 
-    def __call__(self, images, tokens, boxes, box_labels, box_mask) -> dict[str, Any]:
+    def __call__(self, images, tokens, boxes, box_labels, box_mask, dac: bool = False) -> dict[str, Any]:
         image_out = self.forward_image(images)
-        return self.forward_grounding(image_out, self.forward_text(tokens), boxes, box_labels, box_mask)
+        return self.forward_grounding(image_out, self.forward_text(tokens), boxes, box_labels, box_mask, dac=dac)
 
 
 def image_model_target_shapes(cfg, dtype: Any = jnp.float32) -> dict[str, Any]:

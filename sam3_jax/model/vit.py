@@ -11,7 +11,7 @@ with `nn.cond` on a per-layer flag.
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import flax.linen as nn
 import jax
@@ -65,6 +65,7 @@ class ViTBlock(nn.Module):
     window_size: int
     attention_impl: Optional[str] = None
     return_block_outputs: bool = False
+    kind: str = "mixed"  # "mixed": per-layer flag picks the attention; "global" / "windowed": every block alike
     dtype: Dtype | None = None
     param_dtype: Dtype = jnp.float32
 
@@ -86,7 +87,12 @@ class ViTBlock(nn.Module):
             t = mdl(y.reshape(b, h * w, c), rope=_rope_fn(tables["global_cos"], tables["global_sin"]))
             return t.reshape(b, h, w, c)
 
-        y = nn.cond(is_global, global_, windowed, attn, y)
+        if self.kind == "global":
+            y = global_(attn, y)
+        elif self.kind == "windowed":
+            y = windowed(attn, y)
+        else:
+            y = nn.cond(is_global, global_, windowed, attn, y)
         x = x + y
         x = x + Mlp(self.mlp_hidden, name="mlp", **kw)(LayerNorm(name="norm2", **kw)(x))
         return x, (x if self.return_block_outputs else None)
@@ -168,12 +174,19 @@ class ViT(nn.Module):
             window_size=self.window_size,
             attention_impl=self.attention_impl,
             return_block_outputs=return_block_outputs,
+            kind=_block_kind(self.depth, self.global_blocks),
             name="blocks",
             **kw,
         )(x, is_global, self.rope_tables())
         if return_block_outputs:
             inter["blocks"] = block_outs
         return x, inter
+
+
+def _block_kind(depth: int, global_blocks: Sequence[int]) -> str:
+    """A cond per block only where the blocks differ (a trunk of one kind compiles and runs faster)."""
+    n = len(set(global_blocks))
+    return "global" if n == depth else "windowed" if n == 0 else "mixed"
 
 
 def vit_from_config(cfg) -> ViT:

@@ -31,9 +31,12 @@ def main(argv) -> int:
     summary = train(_CONFIG.value, _WORKDIR.value, init_from=_INIT.value)
     ev = summary["eval"]
     print(json.dumps(summary, indent=2))
-    print(f"held-out cgF1 {ev['held_out/cgF1']:.1f} (IL_MCC {ev['held_out/IL_MCC']:.3f}); "
-          f"validation cgF1 {ev['val/cgF1']:.1f} (IL_MCC {ev['val/IL_MCC']:.3f}) after {summary['step']} steps, "
-          f"{summary['minutes']} min")
+    parts = [f"validation (unseen images) cgF1 {ev['val/cgF1']:.1f} (IL_MCC {ev['val/IL_MCC']:.3f}, "
+             f"pmF1 {ev['val/pmF1']:.3f})"]
+    if "held_out/cgF1" in ev:
+        parts.append(f"held-out colour-shape combinations cgF1 {ev['held_out/cgF1']:.1f} "
+                     f"(IL_MCC {ev['held_out/IL_MCC']:.3f})")
+    print("; ".join(parts) + f" after {summary['step']} steps, {summary['minutes']} min")
     return 0
 
 

@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -36,18 +37,89 @@ from sam3_jax.train.step import make_train_step
 TARGET_PREFIX = "tgt_"
 
 
-def make_sources(cfg) -> tuple[Any, Any, Any]:
-    """(train, val, held-out val) sources of the configured kind."""
-    d = cfg.data
-    if d.source != "synthetic":
-        raise ValueError(f"unknown data source {d.source!r} (the CLI supports 'synthetic' so far)")
-    from sam3_jax.data.synthetic import SyntheticSource
+SOURCES = ("synthetic", "coco", "saco", "tfds")
 
-    kw = dict(seed=d.seed, canvas=d.canvas, max_instances=d.max_instances, max_prompt_boxes=d.max_exemplars)
-    train = SyntheticSource("train", **kw)
-    val = SyntheticSource("val", num_examples=d.eval_examples, held_out_rate=0.0, **kw)
-    held = SyntheticSource("test", num_examples=d.eval_examples, held_out_rate=1.0, **kw)
-    return train, val, held
+
+class Head:
+    """The first `n` examples of a source (a fixed evaluation subset); picklable like its source."""
+
+    def __init__(self, source, n: Optional[int]):
+        self.source, self.n = source, len(source) if not n else min(int(n), len(source))
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, index: int) -> dict:
+        if not 0 <= int(index) < self.n:
+            raise IndexError(f"index {index} out of range for the first {self.n} of {self.source!r}")
+        return self.source[index]
+
+    def __repr__(self) -> str:
+        return f"Head({self.source!r}, {self.n})"
+
+
+def _need(d, *names: str) -> None:
+    missing = [n for n in names if not d.get(n)]
+    if missing:
+        raise ValueError(f"data.source={d.source!r} needs " + ", ".join(f"--config.data.{n}" for n in missing))
+
+
+def make_sources(cfg) -> tuple[Any, Any, Any]:
+    """(train, validation, held-out) sources of the configured kind; held-out is None where the data has
+    no held-out concepts (the synthetic source's held-out colour-shape combinations).
+
+    data.source:
+      synthetic: the procedural source (`data.synthetic` holds further SyntheticSource options);
+      coco:      COCO instances JSON + image folder: data.train_annotations / train_images,
+                 data.val_annotations / val_images (negatives_per_image, p_exemplar optional);
+      saco:      SA-Co/Gold-style JSON + image folder, the same four fields;
+      tfds:      ArrayRecord splits built by sam3_jax.data.tfds_builders: data.tfds_dir (the builder's
+                 data_dir with dataset_info.json), data.train_split, data.val_split.
+    Validation keeps its first data.eval_examples pairs. Bad records follow data.on_bad_data.
+    """
+    d = cfg.data
+    if d.source not in SOURCES:
+        raise ValueError(f"unknown data.source {d.source!r}; expected one of {SOURCES}")
+    pad = dict(max_instances=d.max_instances, max_prompt_boxes=d.max_exemplars)
+    if d.source == "synthetic":
+        from sam3_jax.data.synthetic import SyntheticSource
+
+        kw = dict(seed=d.seed, canvas=d.canvas, **pad)
+        extra = d.get("synthetic", None) or {}  # further SyntheticSource options (sampling rates, objects)
+        kw.update(extra.to_dict() if hasattr(extra, "to_dict") else dict(extra))
+        train = SyntheticSource("train", **kw)
+        val = SyntheticSource("val", num_examples=d.eval_examples, held_out_rate=0.0, **kw)
+        held = SyntheticSource("test", num_examples=d.eval_examples, held_out_rate=1.0, **kw)
+        return train, val, held
+    if d.source in ("coco", "saco"):
+        from sam3_jax.data.coco import CocoSource, SacoGoldSource
+
+        _need(d, "train_annotations", "train_images", "val_annotations", "val_images")
+        kw = dict(seed=d.seed, on_bad_data=d.get("on_bad_data", "raise"), p_exemplar=d.get("p_exemplar", 0.0), **pad)
+        if d.source == "coco":
+            cls = CocoSource
+            kw["negatives_per_image"] = d.get("negatives_per_image", 2)
+        else:
+            cls = SacoGoldSource
+        train = cls(d.train_annotations, d.train_images, **kw)
+        val = cls(d.val_annotations, d.val_images, **kw)
+    else:
+        from sam3_jax.data.tfds_builders import TfdsPairSource
+
+        _need(d, "tfds_dir", "train_split", "val_split")
+        train = TfdsPairSource(d.tfds_dir, d.train_split, **pad)
+        val = TfdsPairSource(d.tfds_dir, d.val_split, **pad)
+    if len(train) == 0:
+        raise ValueError(f"the training source {train!r} holds no examples")
+    return train, Head(val, d.eval_examples), None
+
+
+def eval_mask_size(cfg) -> int:
+    """Side of the square frame evaluation happens in: the synthetic canvas (its native size), else
+    data.eval_mask_size (default 4 x the patch grid, the mask head's own resolution)."""
+    if cfg.data.source == "synthetic":
+        return cfg.data.canvas
+    return int(cfg.data.get("eval_mask_size", None) or mask_size(cfg.model))
 
 
 def mask_size(model_cfg) -> int:
@@ -61,7 +133,7 @@ def _pipeline_cfg(cfg, *, train: bool, batch: int):
     if train:
         return PipelineConfig(resolution=m.image_size, mask_size=mask_size(m), batch_size=batch, seed=cfg.data.seed,
                               worker_count=cfg.data.num_workers, context_length=m.text.context_length)
-    return PipelineConfig.for_eval(m.image_size, batch, mask_size=cfg.data.canvas,
+    return PipelineConfig.for_eval(m.image_size, batch, mask_size=eval_mask_size(cfg),
                                    context_length=m.text.context_length)
 
 
@@ -73,15 +145,28 @@ def flatten_batch(batch: dict) -> dict:
     return {**inputs, **{TARGET_PREFIX + k: v for k, v in targets.items()}}
 
 
+def loss_config(loss_cfg) -> LossConfig:
+    """The `loss` ConfigDict -> LossConfig; any LossConfig field may be set, unknown names are refused."""
+    fields = {f.name for f in dataclasses.fields(LossConfig)}
+    given = dict(loss_cfg.items()) if loss_cfg is not None else {}
+    unknown = sorted(set(given) - fields)
+    if unknown:
+        raise ValueError(f"unknown loss option(s) {unknown}; LossConfig has {sorted(fields)}")
+    return LossConfig(**given)
+
+
 def make_loss_fn(loss_cfg) -> Callable:
-    config = LossConfig(use_masks=loss_cfg.use_masks, use_semantic_seg=loss_cfg.use_semantic_seg)
+    config = loss_config(loss_cfg)
 
     def loss_fn(outputs, batch):
         targets = {k[len(TARGET_PREFIX):]: v for k, v in batch.items() if k.startswith(TARGET_PREFIX)}
         num_boxes = compute_num_boxes(targets["valid"])
         total, terms = sam3_loss(outputs, targets, num_boxes, config)
-        keep = ("loss_ce", "presence_loss", "loss_bbox", "loss_giou", "loss_mask", "loss_dice")
-        return total, {k: terms[k] for k in keep if k in terms}
+        keep = ("loss_ce", "presence_loss", "loss_bbox", "loss_giou", "loss_mask", "loss_dice", "loss_semantic_seg",
+                "loss_semantic_dice")
+        out = {k: terms[k] for k in keep if k in terms}
+        out.update({k: terms[k] for k in ("loss_ce_o2m", "loss_bbox_o2m", "loss_giou_o2m", "loss_mask_o2m") if k in terms})
+        return total, out
 
     return loss_fn
 
@@ -158,7 +243,7 @@ def train(cfg, workdir: str, *, init_from: Optional[str] = None, log: Callable[[
     tx = make_optimizer(params, cfg.optim, t.steps)
     state, s_sh = init_train_state(params, p_sh, tx, mesh)
     b_sh = {k: batch_sharding(mesh, v.ndim, rules) for k, v in first.items()}
-    step_fn = make_train_step(model, tx, make_loss_fn(cfg.loss), mesh, rules, s_sh, b_sh)
+    step_fn = make_train_step(model, tx, make_loss_fn(cfg.loss), mesh, rules, s_sh, b_sh, dac=bool(t.get("dac", False)))
 
     mngr = ckpt.manager(os.path.join(workdir, "checkpoints"), max_to_keep=t.keep)
     start = 0
@@ -271,6 +356,8 @@ class Evaluator:
     def __call__(self, params, pictures: int = 0, picture_dir: Optional[str] = None) -> dict:
         out = {}
         for name, src in zip(("val", "held_out"), self.sources):
+            if src is None:
+                continue
             rows = self._predict(params, src)
             metrics = score_rows(rows)
             out.update({f"{name}/{k}": v for k, v in metrics.items()})
@@ -286,13 +373,14 @@ def _upsample_logits(masks: np.ndarray, size: int) -> np.ndarray:
 
 
 def score_rows(rows) -> dict:
-    """SA-Co metrics of (batch, row, scores, boxes, mask logits) tuples (official scorer semantics)."""
+    """SA-Co metrics of (batch, row, scores, boxes, mask logits) tuples (official scorer semantics), in the
+    frame of the batch's GT masks (the source image squashed to the evaluation mask size)."""
     from sam3_jax.eval import evaluate_image
     from sam3_jax.eval.io import encode_mask, image_prediction_records, validate_image_gt, validate_image_predictions
 
     images, anns, preds = [], [], []
     for pid, (b, i, scores, boxes, masks) in enumerate(rows):
-        h, w = int(b["height"][i]), int(b["width"][i])
+        h, w = b["masks"].shape[-2:]
         images.append({"id": pid, "height": h, "width": w, "file_name": f"{pid}.png", "text_input": str(b["text"][i]),
                        "is_instance_exhaustive": 1})
         for m in np.flatnonzero(b["valid"][i]):
@@ -326,7 +414,7 @@ def save_pictures(rows, directory: str, min_shown: int = 3) -> None:
 
     os.makedirs(directory, exist_ok=True)
     for n, (b, i, scores, boxes, masks) in enumerate(rows):
-        side = 4 * int(b["height"][i])
+        side = 4 * int(b["masks"].shape[-1])
         src = np.asarray(Image.fromarray(np.asarray(b["image"][i])).resize((side, side), Image.BILINEAR))
         order = np.argsort(-scores)
         keep = order[: max(int((scores >= 0.5).sum()), min_shown)]

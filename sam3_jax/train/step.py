@@ -27,12 +27,15 @@ def make_train_step(
     rules: Rules,
     state_shardings: Any,
     batch_shardings: Any,
+    dac: bool = False,
 ):
+    """dac: train with the official DAC one-to-many queries (the loss then adds the o2m terms)."""
+
     def step(state, batch):
         inputs = [batch[k] for k in MODEL_INPUTS]
 
         def objective(params):
-            outputs = model.apply({"params": params}, *inputs)
+            outputs = model.apply({"params": params}, *inputs, dac=dac)
             return loss_fn(outputs, batch)
 
         (loss, metrics), grads = jax.value_and_grad(objective, has_aux=True)(state["params"])
@@ -48,6 +51,11 @@ def make_train_step(
         with activate(mesh, rules):
             return jitted(state, batch)
 
+    def lower(state, batch):  # for cost analysis (benchmarks): the lowered step under the mesh and rules
+        with activate(mesh, rules):
+            return jitted.lower(state, batch)
+
+    run.lower = lower
     return run
 
 
