@@ -6,7 +6,7 @@ logical-axis rules that map the modules' logical axis names onto mesh axes.
 
 import ml_collections
 
-from sam3_jax.config import model_config
+from sam3_jax.config import LOGICAL_AXIS_RULES, model_config
 
 
 def get_config(arg: str = "full") -> ml_collections.ConfigDict:
@@ -18,22 +18,6 @@ def get_config(arg: str = "full") -> ml_collections.ConfigDict:
     # Device mesh (data, fsdp, tensor); -1 takes the remaining devices.
     cfg.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
     # Logical axis name -> mesh axis (or None = replicated).
-    cfg.logical_axis_rules = (
-        ("batch", ("data", "fsdp")),
-        ("embed", "fsdp"),
-        ("mlp", "tensor"),
-        ("heads", "tensor"),
-        ("kv", None),
-        ("vocab", "tensor"),
-        ("layers", None),
-        ("positions", None),
-        ("conv_in", "fsdp"),
-        ("conv_out", "tensor"),
-        ("length", None),
-        ("height", None),
-        ("width", None),
-        ("act_embed", None),
-        ("act_heads", "tensor"),
-    )
+    cfg.logical_axis_rules = LOGICAL_AXIS_RULES
     cfg.seed = 0
     return cfg

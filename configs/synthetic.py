@@ -7,7 +7,8 @@ head) at a small size, on procedurally drawn coloured shapes with noun-phrase pr
 
 import ml_collections
 
-from sam3_jax.config import data_config, model_config
+from sam3_jax.config import LOGICAL_AXIS_RULES, data_config, model_config
+from sam3_jax.train.loop import loss_config_dict
 from sam3_jax.train.optim import official_defaults
 
 
@@ -36,18 +37,14 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     o.update(lr_transformer=1e-3, lr_vision=1e-3, lr_language=1e-3, lr_scale=1.0, layer_decay=1.0,
              weight_decay=0.01, clip_norm=1.0, warmup_steps=50, cooldown_steps=50, timescale=400)
     cfg.optim = ml_collections.ConfigDict(o)
-    cfg.loss = ml_collections.ConfigDict(dict(use_masks=True, use_semantic_seg=False))
+    cfg.loss = loss_config_dict(use_masks=True, use_semantic_seg=False)  # any LossConfig field
     cfg.train = ml_collections.ConfigDict(dict(
         steps=1500, max_minutes=8.0, log_every=25, eval_every=500, checkpoint_every=250, keep=2,
-        pictures=4,
+        pictures=4, dac=False,
     ))
     cfg.matmul_precision = "default"
     cfg.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
-    cfg.logical_axis_rules = (
-        ("batch", ("data", "fsdp")), ("embed", "fsdp"), ("mlp", "tensor"), ("heads", "tensor"), ("kv", None),
-        ("vocab", "tensor"), ("layers", None), ("positions", None), ("conv_in", "fsdp"), ("conv_out", "tensor"),
-        ("length", None), ("height", None), ("width", None), ("act_embed", None), ("act_heads", "tensor"),
-    )
+    cfg.logical_axis_rules = LOGICAL_AXIS_RULES
     cfg.seed = 0
     if arg == "smoke":  # a few steps, for tests
         cfg.train.update(steps=6, log_every=2, eval_every=6, checkpoint_every=3, max_minutes=5.0, pictures=1)

@@ -124,3 +124,23 @@ def data_config(**overrides) -> ml_collections.ConfigDict:
     ))
     d.update(overrides)
     return d
+
+
+# Logical axis name -> mesh axis (None = replicated) on the (data, fsdp, tensor) mesh.
+LOGICAL_AXIS_RULES = (
+    ("batch", ("data", "fsdp")),
+    ("embed", "fsdp"),
+    ("mlp", "tensor"),
+    ("heads", "tensor"),
+    ("kv", None),
+    ("vocab", "tensor"),
+    ("layers", None),
+    ("positions", None),
+    ("conv_in", "fsdp"),
+    ("conv_out", "tensor"),
+    ("length", None),
+    ("height", None),
+    ("width", None),
+    ("act_embed", None),
+    ("act_heads", "tensor"),
+)

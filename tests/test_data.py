@@ -505,3 +505,66 @@ def test_tfds_array_record_round_trip(tmp_path):
             np.testing.assert_allclose(np.asarray(a[k], float) if k != "text" else 0,
                                        np.asarray(e[k], float) if k != "text" else 0, atol=1e-6)
         assert a["text"] == e["text"]
+
+
+# --------------------------------------------------------------------------------------------- train.py sources
+def _synthetic_cfg():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("synthetic_cfg", os.path.join(os.path.dirname(__file__), "..",
+                                                                                "configs", "synthetic.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.get_config("")
+
+
+def test_train_sources_from_the_config(tmp_path):
+    from sam3_jax.train.loop import make_sources
+
+    cfg = _synthetic_cfg()
+    cfg.data.synthetic = {"max_objects": 3, "clutter": False}
+    train, val, held = make_sources(cfg)
+    assert train.max_objects == 3 and not train.clutter and len(val) == cfg.data.eval_examples
+    assert held.held_out_rate == 1.0 and all(held[i]["held_out"] for i in range(4))
+
+    path, img_dir, _ = _make_coco(tmp_path)
+    cfg.data.source = "coco"
+    with pytest.raises(ValueError, match="--config.data.train_annotations"):
+        make_sources(cfg)
+    cfg.data.update(train_annotations=str(path), train_images=str(img_dir), val_annotations=str(path),
+                    val_images=str(img_dir), eval_examples=5, negatives_per_image=None)
+    train, val, held = make_sources(cfg)
+    assert held is None and len(val) == 5 and len(train) == len(dcoco.CocoSource(str(path), str(img_dir),
+                                                                                   negatives_per_image=None))
+    with pytest.raises(IndexError):
+        val[5]
+    cfg.data.source = "tfds"
+    with pytest.raises(ValueError, match="--config.data.tfds_dir"):
+        make_sources(cfg)
+    cfg.data.source = "imagenet"
+    with pytest.raises(ValueError, match="unknown data.source 'imagenet'"):
+        make_sources(cfg)
+
+
+def test_scoring_happens_in_the_evaluation_mask_frame(tmp_path):
+    """COCO images of several sizes are evaluated in the square frame of the batch masks: predictions
+    equal to the GT there score cgF1 100; dropping them scores 0."""
+    from sam3_jax.train.loop import score_rows
+
+    path, img_dir, _ = _make_coco(tmp_path)
+    src = dcoco.CocoSource(str(path), str(img_dir), negatives_per_image=None, max_instances=4)
+    cfg = dp.PipelineConfig.for_eval(56, 4, mask_size=24)
+    perfect, empty = [], []
+    for b in dp.make_iterator(src, cfg):
+        for i in np.flatnonzero(b["row_valid"]):
+            m = b["masks"][i].astype(np.float32)
+            logits = np.where(m > 0, 10.0, -10.0)
+            cx, cy, w, h = np.moveaxis(b["boxes"][i], -1, 0)
+            xyxy = np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], -1)
+            scores = np.where(b["valid"][i], 0.9, 0.1)
+            perfect.append((b, i, scores, xyxy, logits))
+            empty.append((b, i, np.zeros_like(scores), xyxy, logits))
+    assert {r[0]["masks"].shape[-1] for r in perfect} == {24} and len({int(r[0]["height"][r[1]]) for r in perfect}) > 1
+    good = score_rows(perfect)
+    assert good["IL_MCC"] > 0.9999 and good["cgF1"] > 99.9, good
+    assert score_rows(empty)["cgF1"] == 0.0

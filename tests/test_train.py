@@ -35,7 +35,7 @@ def uninterrupted(tmp_path_factory, repo_root, python):
 
 def test_train_outputs(uninterrupted):
     workdir, stdout = uninterrupted
-    assert "held-out cgF1" in stdout
+    assert "validation (unseen images) cgF1" in stdout and "held-out colour-shape combinations cgF1" in stdout
     summary = json.loads((workdir / "summary.json").read_text())
     assert summary["step"] == 8 and np.isfinite(summary["last"]["loss"])
     assert set(summary["eval"]) >= {"val/cgF1", "held_out/cgF1", "val/IL_MCC", "held_out/IL_MCC"}

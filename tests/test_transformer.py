@@ -371,6 +371,21 @@ def test_bfloat16_compute_runs(tiny_cfg):
         assert bool(jnp.all(jnp.isfinite(x.astype(jnp.float32))))
 
 
+def _official_decoder_16x16(dec, inputs, batch, apply_dac):
+    """The official decoder on a 16x16 memory as `_run_decoder` calls it -> batch-first (hs, refs, presence)."""
+    import torch
+
+    t = lambda a: torch.from_numpy(np.ascontiguousarray(a))  # noqa: E731
+    hs, refs, presence, _ = dec(
+        tgt=dec.query_embed.weight.unsqueeze(1).repeat(1, batch, 1), memory=t(inputs["img"]).transpose(0, 1),
+        memory_key_padding_mask=None, pos=t(inputs["img_pos"]).transpose(0, 1), reference_boxes=None,
+        level_start_index=None, spatial_shapes=torch.tensor([[16, 16]]), valid_ratios=torch.ones(batch, 1, 2),
+        tgt_mask=None, memory_text=t(inputs["prompt"]).transpose(0, 1), text_attention_mask=t(inputs["prompt_mask"]),
+        apply_dac=apply_dac,
+    )
+    return hs.transpose(1, 2), refs.transpose(1, 2), presence.transpose(1, 2)
+
+
 def test_box_gradients_match_official(tiny_cfg):
     """Training path: the refined boxes feed the next layer gradient-stopped (official `.detach()`),
     while the reported reference boxes and predicted boxes keep their gradients."""
@@ -390,14 +405,7 @@ def test_box_gradients_match_official(tiny_cfg):
     dec = model.transformer.decoder
     t = lambda a: torch.from_numpy(np.ascontiguousarray(a))  # noqa: E731
     with cuda_to_cpu():
-        hs, refs, _, _ = dec(
-            tgt=dec.query_embed.weight.unsqueeze(1).repeat(1, B, 1), memory=t(inputs["img"]).transpose(0, 1),
-            memory_key_padding_mask=None, pos=t(inputs["img_pos"]).transpose(0, 1), reference_boxes=None,
-            level_start_index=None, spatial_shapes=torch.tensor([[16, 16]]), valid_ratios=torch.ones(B, 1, 2),
-            tgt_mask=None, memory_text=t(inputs["prompt"]).transpose(0, 1), text_attention_mask=t(inputs["prompt_mask"]),
-            apply_dac=False,
-        )
-        hs, refs = hs.transpose(1, 2), refs.transpose(1, 2)
+        hs, refs, _ = _official_decoder_16x16(dec, inputs, B, apply_dac=False)
         boxes = (inverse_sigmoid(refs) + dec.bbox_embed(hs)).sigmoid()
         ((boxes * t(w_box)).sum() + (refs * t(w_ref)).sum()).backward()
     expected = {
@@ -433,18 +441,9 @@ def test_dac_decoder_matches_official(tiny_cfg):
     inputs = make_inputs(tiny_cfg, 4, (16, 16))
     params = convert_official(model, tiny_cfg, (16, 16))["transformer"]["decoder"]
     L, B, Q = tiny_cfg.decoder_layers, 2, tiny_cfg.num_queries
-    dec = model.transformer.decoder
-    t = lambda a: torch.from_numpy(np.ascontiguousarray(a))  # noqa: E731
     with torch.no_grad(), cuda_to_cpu():
-        hs, refs, presence, _ = dec(
-            tgt=dec.query_embed.weight.unsqueeze(1).repeat(1, B, 1), memory=t(inputs["img"]).transpose(0, 1),
-            memory_key_padding_mask=None, pos=t(inputs["img_pos"]).transpose(0, 1), reference_boxes=None,
-            level_start_index=None, spatial_shapes=torch.tensor([[16, 16]]), valid_ratios=torch.ones(B, 1, 2),
-            tgt_mask=None, memory_text=t(inputs["prompt"]).transpose(0, 1), text_attention_mask=t(inputs["prompt_mask"]),
-            apply_dac=True,
-        )
-    ref = {"hs": hs.transpose(1, 2).numpy(), "reference_boxes": refs.transpose(1, 2).numpy(),
-           "presence_logits": presence.transpose(1, 2).numpy()}
+        hs, refs, presence = _official_decoder_16x16(model.transformer.decoder, inputs, B, apply_dac=True)
+    ref = {"hs": hs.numpy(), "reference_boxes": refs.numpy(), "presence_logits": presence.numpy()}
     run = lambda dac: jax.jit(lambda p: decoder_from_config(tiny_cfg).apply(  # noqa: E731
         {"params": p}, inputs["img"], inputs["img_pos"], (16, 16), inputs["prompt"], inputs["prompt_mask"], dac=dac))
     ours = jax.tree_util.tree_map(np.asarray, run(True)(params))

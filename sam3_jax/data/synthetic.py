@@ -150,7 +150,7 @@ def box_from_mask(mask: np.ndarray) -> np.ndarray:
     return np.array([(x0 + x1) / 2 / w, (y0 + y1) / 2 / h, (x1 - x0) / w, (y1 - y0) / h], np.float32)
 
 
-def _background(rng: np.random.Generator, S: int) -> np.ndarray:
+def _background(rng: np.random.Generator, S: int, clutter: bool = True) -> np.ndarray:
     # muted (greyish) colours, so that no background looks like a saturated palette colour
     c0 = np.clip(rng.uniform(30, 190) + rng.uniform(-35, 35, 3), 0, 255)
     c1 = np.clip(c0 + rng.uniform(-50, 50, 3), 0, 255)
@@ -160,7 +160,7 @@ def _background(rng: np.random.Generator, S: int) -> np.ndarray:
     t = (t - t.min()) / max(float(t.max() - t.min()), 1e-6)
     img = c0[None, None, :] * (1 - t[..., None]) + c1[None, None, :] * t[..., None]
     # low-contrast clutter blobs that match no phrase
-    for _ in range(int(rng.integers(0, 4))):
+    for _ in range(int(rng.integers(0, 4)) if clutter else 0):
         bx, by = rng.uniform(0, S, 2)
         ax, ay = rng.uniform(0.05, 0.2, 2) * S
         blob = ((xx * (S - 1) - bx) / ax) ** 2 + ((yy * (S - 1) - by) / ay) ** 2 <= 1.0
@@ -169,15 +169,18 @@ def _background(rng: np.random.Generator, S: int) -> np.ndarray:
 
 
 def render_objects(objs: Sequence[_Obj], S: int, rng: np.random.Generator,
-                   background: Optional[np.ndarray] = None) -> tuple[np.ndarray, np.ndarray]:
-    """Paints objects in z-order (list order). Returns the uint8 image and the (K, S, S) visible masks."""
+                   background: Optional[np.ndarray] = None, noise: float = 8.0,
+                   clutter: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Paints objects in z-order (list order) on `background` (default: a fresh gradient, with clutter
+    blobs when `clutter`), adds Gaussian pixel noise of std `noise`. Returns the uint8 image and the
+    (K, S, S) visible masks."""
     yy, xx = np.mgrid[0:S, 0:S].astype(np.float32) + 0.5
-    img = _background(rng, S) if background is None else background.copy()
+    img = _background(rng, S, clutter) if background is None else background.copy()
     full = np.stack([_shape_mask(o.shape, o.cx, o.cy, o.r, yy, xx) for o in objs]) if objs else \
         np.zeros((0, S, S), bool)
     for o, m in zip(objs, full):
         img[m] = o.rgb
-    img += rng.normal(0, 8, img.shape)
+    img += rng.normal(0, noise, img.shape)
     vis = full.copy()
     for k in range(len(objs) - 2, -1, -1):  # what lies above hides what lies below
         vis[k] &= ~full[k + 1:].any(axis=0)
@@ -226,6 +229,8 @@ class SyntheticSource:
       held_out_rate: share of val/test queries forced to be about a held-out combination.
       p_positive, p_visual, p_exemplar_pos, p_exemplar_neg, p_repeat, p_plural: query sampling rates.
       min_objects, max_objects: objects per image (max_objects <= M).
+      object_scale: multiplies the object radii (small 4-6.5, large 8-12 pixels at canvas 64).
+      clutter: low-contrast background blobs; noise: std of the Gaussian pixel noise.
     """
 
     def __init__(self, split: str = "train", *, seed: int = 0, num_examples: Optional[int] = None,
@@ -233,7 +238,8 @@ class SyntheticSource:
                  held_out: Sequence[tuple[str, str]] = DEFAULT_HELD_OUT, held_out_rate: float = 0.2,
                  p_positive: float = 0.55, p_visual: float = 0.1, p_exemplar_pos: float = 0.3,
                  p_exemplar_neg: float = 0.1, p_repeat: float = 0.5, p_plural: float = 0.2,
-                 min_objects: int = 2, max_objects: int = 6):
+                 min_objects: int = 2, max_objects: int = 6, object_scale: float = 1.0, clutter: bool = True,
+                 noise: float = 8.0):
         if split not in SPLITS:
             raise ValueError(f"split must be one of {sorted(SPLITS)}, got {split!r}")
         if canvas < 24:
@@ -261,6 +267,9 @@ class SyntheticSource:
         self.p_exemplar_pos, self.p_exemplar_neg = float(p_exemplar_pos), float(p_exemplar_neg)
         self.p_repeat, self.p_plural = float(p_repeat), float(p_plural)
         self.min_objects, self.max_objects = int(min_objects), int(max_objects)
+        self.object_scale, self.clutter, self.noise = float(object_scale), bool(clutter), float(noise)
+        if not 0.25 <= self.object_scale <= 2.5:
+            raise ValueError(f"object_scale must be in [0.25, 2.5], got {object_scale}")
         self._scale = self.canvas / 64.0
         self._min_pixels = max(4, int(round(12 * self._scale ** 2)))
 
@@ -292,7 +301,7 @@ class SyntheticSource:
         shape = int(rng.integers(len(SHAPES))) if shape is None else shape
         colour = int(rng.integers(len(COLOURS))) if colour is None else colour
         size = int(rng.integers(2)) if size is None else size
-        r = float(rng.uniform(4.0, 6.5) if size == 0 else rng.uniform(8.0, 12.0)) * sc
+        r = float(rng.uniform(4.0, 6.5) if size == 0 else rng.uniform(8.0, 12.0)) * sc * self.object_scale
         cx, cy = rng.uniform(r * 0.7, S - r * 0.7, 2)
         rgb = np.clip(_RGB[colour] + rng.normal(0, 10, 3), 0, 255).astype(np.float32)
         return _Obj(shape, colour, size, float(cx), float(cy), r, rgb)
@@ -397,7 +406,7 @@ class SyntheticSource:
                 concept = next(Concept(None, co, sh) for co in range(len(COLOURS)) for sh in range(len(SHAPES))
                                if self._allowed(Concept(None, co, sh))
                                and not any(Concept(None, co, sh).matches(o) for o in objs))
-        image, vis = render_objects(objs, S, rng)
+        image, vis = render_objects(objs, S, rng, noise=self.noise, clutter=self.clutter)
         match = [k for k, o in enumerate(objs) if concept.matches(o)]
         boxes = np.zeros((M, 4), np.float32)
         masks = np.zeros((M, S, S), bool)

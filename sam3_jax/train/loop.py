@@ -152,7 +152,22 @@ def loss_config(loss_cfg) -> LossConfig:
     unknown = sorted(set(given) - fields)
     if unknown:
         raise ValueError(f"unknown loss option(s) {unknown}; LossConfig has {sorted(fields)}")
+    if given.get("pad_n_queries") == 0:
+        given["pad_n_queries"] = None
     return LossConfig(**given)
+
+
+def loss_config_dict(**overrides) -> "ml_collections.ConfigDict":
+    """Every LossConfig field with its default (so any can be overridden from the command line;
+    `pad_n_queries=0` stands for None, the plain mean over queries)."""
+    import ml_collections
+
+    d = {f.name: getattr(LossConfig(), f.name) for f in dataclasses.fields(LossConfig)}
+    unknown = sorted(set(overrides) - set(d))
+    if unknown:
+        raise ValueError(f"unknown loss option(s) {unknown}")
+    d.update(overrides)
+    return ml_collections.ConfigDict(d)
 
 
 def make_loss_fn(loss_cfg) -> Callable:
