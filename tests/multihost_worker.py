@@ -4,6 +4,8 @@ Each process owns 4 CPU devices; `jax.distributed.initialize` on 127.0.0.1 (gloo
 joins them into 8 global devices. The processes build a (2, 2, 2) mesh, initialise the tiny model
 sharded, feed each its own half of a global batch, run train steps, and save an Orbax checkpoint
 (each process writes its own shards). Process 0 also writes the gathered params and the losses.
+Then both evaluate the trained params on 11 synthetic validation pairs (each process reads its own
+shard, padded), and process 0 writes the gathered predictions and metrics.
 """
 
 import argparse
@@ -83,6 +85,19 @@ def main():
         np.savez(os.path.join(args.workdir, "params.npz"), **flat)
         with open(os.path.join(args.workdir, "losses.json"), "w") as f:
             json.dump(losses, f)
+    from sam3_jax.train.loop import Evaluator
+    from tests.test_multihost import eval_setup
+
+    cfg_eval, val = eval_setup(cfg)
+    ev = Evaluator(model, cfg_eval, mesh, rules, p_sh, (val, None), batch=4)
+    rows, local = ev.predict(state["params"], val)
+    metrics = ev(state["params"])
+    assert len(local) in (5, 6) and len(rows) == 11
+    if is_main_process():
+        np.savez(os.path.join(args.workdir, "eval.npz"), pair_id=np.array([int(r[0]["pair_id"][r[1]]) for r in rows]),
+                 scores=np.stack([r[2] for r in rows]), masks=np.stack([r[4] for r in rows]))
+        with open(os.path.join(args.workdir, "eval.json"), "w") as f:
+            json.dump(metrics, f)
     multihost_utils.sync_global_devices("done")
 
 

@@ -9,8 +9,9 @@
 * checkpoints: Orbax `CheckpointManager` (async, keep N) holding the train state plus, in the same
   step directory, the data iterator state and the loop position; a restart with the same command
   resumes from the latest checkpoint and replays exactly the same data and updates;
-* logging (process 0 only): progress bar, `metrics.jsonl` and TensorBoard events, periodic evaluation (cgF1 / IL_MCC /
-  pmF1 on a fixed validation set, also on held-out colour-shape combinations), overlay pictures.
+* evaluation: cgF1 / IL_MCC / pmF1 on a fixed validation set (and, for the synthetic source, on
+  held-out colour-shape combinations); each process reads its own shard, predictions are gathered;
+* logging (process 0 only): progress bar, `metrics.jsonl` and TensorBoard events, overlay pictures.
 """
 
 from __future__ import annotations
@@ -341,11 +342,23 @@ def _load_init(init_from: str, cfg, p_sh) -> Any:
 
 
 class Evaluator:
-    """cgF1 (+ IL_MCC, pmF1) of the model on fixed validation sources, at the source image size."""
+    """cgF1 (+ IL_MCC, pmF1) of the model on fixed validation sources, at the source image size.
 
-    def __init__(self, model, cfg, mesh, rules, p_sh, sources):
+    Multi-host: every process reads its own shard of each source (padded to one length), the forward
+    runs on the global batch, and predictions plus the GT needed for scoring are gathered to every
+    process in global row order; so all processes return the same metrics. Pictures are drawn by
+    process 0 from its own rows."""
+
+    def __init__(self, model, cfg, mesh, rules, p_sh, sources, batch: int = 16):
+        from sam3_jax.train.step import MODEL_INPUTS
+
         self.model, self.cfg, self.mesh, self.rules, self.sources = model, cfg, mesh, rules, sources
-        self.batch = 16
+        self.inputs = MODEL_INPUTS
+        n = jax.process_count()
+        shards = int(np.prod([mesh.shape[a] for a in batch_sharding(mesh, 1, rules).spec[0] or ()]))
+        self.batch = batch  # per process; the global batch must split evenly over the batch shards
+        while (self.batch * n) % shards:
+            self.batch += 1
 
         def fwd(params, images, tokens, boxes, box_labels, box_mask):
             out = model.apply({"params": params}, images, tokens, boxes, box_labels, box_mask)
@@ -354,30 +367,52 @@ class Evaluator:
 
         self._fwd = jax.jit(fwd)
 
-    def _predict(self, params, src):
-        from sam3_jax.data.pipeline import make_iterator
+    def predict(self, params, src) -> tuple[list, list]:
+        """(rows over the whole source in global order, this process's own rows); a row is
+        (batch, index, scores (Q,), boxes (Q, 4) xyxy normalised, mask logits (Q, h, w))."""
+        from jax.experimental import multihost_utils
 
-        it = make_iterator(src, _pipeline_cfg(self.cfg, train=False, batch=self.batch))
-        rows = []
+        from sam3_jax.data.pipeline import close_iterator, make_iterator
+
+        n, pid = jax.process_count(), jax.process_index()
+        it = make_iterator(src, _pipeline_cfg(self.cfg, train=False, batch=self.batch),
+                           process_index=pid, process_count=n)
+        rows, local = [], []
         for b in it:
             flat = flatten_batch(b)
+            k = len(b["row_valid"])
+            host = {"masks": b["masks"], "valid": b["valid"], "row_valid": b["row_valid"],
+                    "pair_id": np.asarray(b["pair_id"], np.int32), "origin": pid * k + np.arange(k, dtype=np.int32)}
+            if n == 1:
+                host["text"] = b["text"]
+            both = {**{name: flat[name] for name in self.inputs}, **host} if n > 1 else {name: flat[name] for name in self.inputs}
+            shardings = {name: batch_sharding(self.mesh, np.ndim(v), self.rules) for name, v in both.items()}
+            g = _global_batch(both, shardings)
             with activate(self.mesh, self.rules):
-                scores, boxes, masks = jax.device_get(self._fwd(
-                    params, *[flat[k] for k in ("images", "tokens", "boxes", "box_labels", "box_mask")]))
-            for i in np.flatnonzero(np.asarray(b["row_valid"])):
-                rows.append((b, i, scores[i], boxes[i], masks[i]))
-        return rows
+                out = self._fwd(params, *(g[name] for name in self.inputs))
+            if n == 1:
+                out, g = jax.device_get(out), host
+            else:  # predictions and GT in the same global row order on every process
+                out, g = multihost_utils.process_allgather((out, {name: g[name] for name in host}), tiled=True)
+                g["text"] = np.asarray([f"pair {int(p)}" for p in g["pair_id"]])
+            scores, boxes, masks = (np.asarray(x) for x in out)
+            rows += [(g, i, scores[i], boxes[i], masks[i]) for i in np.flatnonzero(np.asarray(g["row_valid"]))]
+            where = {int(o): j for j, o in enumerate(np.asarray(g["origin"]))}
+            local += [(b, i, scores[where[pid * k + i]], boxes[where[pid * k + i]], masks[where[pid * k + i]])
+                      for i in np.flatnonzero(np.asarray(b["row_valid"]))]
+        close_iterator(it)
+        return rows, local
 
     def __call__(self, params, pictures: int = 0, picture_dir: Optional[str] = None) -> dict:
         out = {}
         for name, src in zip(("val", "held_out"), self.sources):
             if src is None:
                 continue
-            rows = self._predict(params, src)
+            rows, local = self.predict(params, src)
             metrics = score_rows(rows)
             out.update({f"{name}/{k}": v for k, v in metrics.items()})
             if pictures and picture_dir and name == "val" and is_main_process():
-                save_pictures(rows[:pictures], picture_dir)
+                save_pictures(local[:pictures], picture_dir)
         return out
 
 
