@@ -96,6 +96,18 @@ def validate_model_config(c: ml_collections.ConfigDict) -> None:
         raise ValueError("ViT width must be divisible by 4 for the 4x neck branch")
 
 
+def synthetic_options() -> ml_collections.ConfigDict:
+    """The SyntheticSource keyword options a config may set (`--config.data.synthetic.noise=4`), with
+    their defaults; the split, seed, length, canvas and padding sizes come from the data block itself."""
+    import inspect
+
+    from sam3_jax.data.synthetic import SyntheticSource
+
+    skip = {"self", "split", "seed", "num_examples", "canvas", "max_instances", "max_prompt_boxes", "held_out_rate"}
+    params = inspect.signature(SyntheticSource.__init__).parameters
+    return ml_collections.ConfigDict({k: p.default for k, p in params.items() if k not in skip})
+
+
 def data_config(**overrides) -> ml_collections.ConfigDict:
     """The `data` block of a training config (read by `sam3_jax.train.loop.make_sources`).
 
@@ -114,7 +126,7 @@ def data_config(**overrides) -> ml_collections.ConfigDict:
         max_exemplars=2,
         # synthetic
         canvas=64,
-        synthetic=ml_collections.ConfigDict(),  # further SyntheticSource options
+        synthetic=synthetic_options(),  # further SyntheticSource options (sampling rates, objects, rendering)
         # coco / saco: annotation JSON + image folder per split
         train_annotations=p(str), train_images=p(str), val_annotations=p(str), val_images=p(str),
         negatives_per_image=2, p_exemplar=0.0,
