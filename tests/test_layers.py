@@ -504,3 +504,23 @@ def test_layout_src_shapes_consistent_with_forward(layout):
             np.sort(np.concatenate([np.ravel(s) for s in srcs])))
         covered.update(leaf.dst)
     assert covered == set(dst)
+
+
+def test_vit_of_one_block_kind_equals_the_cond_path(monkeypatch):
+    """All blocks global: the trunk skips the per-block cond; the result equals the cond path."""
+    from sam3_jax.config import model_config
+    from sam3_jax.model import vit as vit_mod
+
+    cfg = model_config("tiny")
+    cfg.image_size = 112
+    cfg.vit.update(global_blocks=(0, 1, 2, 3), window_size=4)
+    x = jnp.asarray(_randn(_rng(3), 1, 112, 112, 3))
+    model = vit_mod.vit_from_config(cfg)
+    params = model.init(jax.random.key(0), x)["params"]
+    fast = model.apply({"params": params}, x)[0]
+    has_cond = lambda m: " cond[" in str(jax.make_jaxpr(lambda p: m.apply({"params": p}, x)[0])(params))  # noqa: E731
+    assert not has_cond(model)
+    monkeypatch.setattr(vit_mod, "_block_kind", lambda depth, blocks: "mixed")
+    mixed = vit_mod.vit_from_config(cfg)
+    assert has_cond(mixed)
+    _close(fast, mixed.apply({"params": params}, x)[0], atol=1e-5)

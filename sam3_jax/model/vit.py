@@ -6,7 +6,7 @@ block (window-local positions in windowed blocks; positions scaled by window/gri
 -> output of the last block, (B, grid, grid, width) channels-last.
 
 All blocks share one structure, so they are scanned; each block picks windowed or global attention
-with `nn.cond` on a per-layer flag.
+with `nn.cond` on a per-layer flag (a trunk whose blocks are all global runs without the cond).
 """
 
 from __future__ import annotations
