@@ -128,8 +128,9 @@ def build(variant: str, batch: int, dtype: str, remat: str, attention: str | Non
     step = make_train_step(model, tx, make_loss_fn(loss), mesh, rules, s_sh, b_sh)
     gbatch = {k: jax.device_put(v, b_sh[k]) for k, v in host.items()}
     n_params = sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(params))
-    cfg.model.attention_impl = None  # count FLOPs on the XLA attention path (a fused kernel is opaque)
-    flops = 3.0 * forward_flops(Sam3Image(cfg.model), params, host, cfg.model)
+    counting = cfg.model.copy_and_resolve_references()  # (the step's model keeps its own config)
+    counting.attention_impl = None  # count FLOPs on the XLA attention path (a fused kernel is opaque)
+    flops = 3.0 * forward_flops(Sam3Image(counting), params, host, counting)
     return step, state, gbatch, n_params, flops
 
 
