@@ -163,12 +163,8 @@ def loss_config_dict(**overrides) -> "ml_collections.ConfigDict":
     `pad_n_queries=0` stands for None, the plain mean over queries)."""
     import ml_collections
 
-    d = {f.name: getattr(LossConfig(), f.name) for f in dataclasses.fields(LossConfig)}
-    unknown = sorted(set(overrides) - set(d))
-    if unknown:
-        raise ValueError(f"unknown loss option(s) {unknown}")
-    d.update(overrides)
-    return ml_collections.ConfigDict(d)
+    loss_config(overrides)  # refuses unknown names
+    return ml_collections.ConfigDict({**dataclasses.asdict(LossConfig()), **overrides})
 
 
 def make_loss_fn(loss_cfg) -> Callable:
@@ -367,6 +363,15 @@ class Evaluator:
 
         self._fwd = jax.jit(fwd)
 
+    def _batch_sharding(self, x) -> Any:
+        return batch_sharding(self.mesh, np.ndim(x), self.rules)
+
+    def _forward(self, params, inputs: dict):
+        """(scores, boxes, mask logits) of a process-local batch of model inputs, on the global batch."""
+        g = _global_batch(inputs, {name: self._batch_sharding(v) for name, v in inputs.items()})
+        with activate(self.mesh, self.rules):
+            return self._fwd(params, *(g[name] for name in self.inputs))
+
     def predict(self, params, src) -> tuple[list, list]:
         """(rows over the whole source in global order, this process's own rows); a row is
         (batch, index, scores (Q,), boxes (Q, 4) xyxy normalised, mask logits (Q, h, w))."""
@@ -380,21 +385,21 @@ class Evaluator:
         rows, local = [], []
         for b in it:
             flat = flatten_batch(b)
+            inputs = {name: flat[name] for name in self.inputs}
+            if n == 1:
+                scores, boxes, masks = (np.asarray(x) for x in jax.device_get(self._forward(params, inputs)))
+                mine = [(b, i, scores[i], boxes[i], masks[i]) for i in np.flatnonzero(np.asarray(b["row_valid"]))]
+                rows += mine
+                local += mine
+                continue
+            # Multi-host: the GT the scoring reads rides along as global arrays, so that one gather
+            # puts predictions and GT in the same global row order on every process.
             k = len(b["row_valid"])
             host = {"masks": b["masks"], "valid": b["valid"], "row_valid": b["row_valid"],
                     "pair_id": np.asarray(b["pair_id"], np.int32), "origin": pid * k + np.arange(k, dtype=np.int32)}
-            if n == 1:
-                host["text"] = b["text"]
-            both = {**{name: flat[name] for name in self.inputs}, **host} if n > 1 else {name: flat[name] for name in self.inputs}
-            shardings = {name: batch_sharding(self.mesh, np.ndim(v), self.rules) for name, v in both.items()}
-            g = _global_batch(both, shardings)
-            with activate(self.mesh, self.rules):
-                out = self._fwd(params, *(g[name] for name in self.inputs))
-            if n == 1:
-                out, g = jax.device_get(out), host
-            else:  # predictions and GT in the same global row order on every process
-                out, g = multihost_utils.process_allgather((out, {name: g[name] for name in host}), tiled=True)
-                g["text"] = np.asarray([f"pair {int(p)}" for p in g["pair_id"]])
+            g = _global_batch(host, {name: self._batch_sharding(v) for name, v in host.items()})
+            out, g = multihost_utils.process_allgather((self._forward(params, inputs), g), tiled=True)
+            g["text"] = np.asarray([f"pair {int(p)}" for p in g["pair_id"]])
             scores, boxes, masks = (np.asarray(x) for x in out)
             rows += [(g, i, scores[i], boxes[i], masks[i]) for i in np.flatnonzero(np.asarray(g["row_valid"]))]
             where = {int(o): j for j, o in enumerate(np.asarray(g["origin"]))}
