@@ -45,7 +45,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     cfg.loss = loss_config_dict(use_masks=True, use_semantic_seg=False)  # any LossConfig field
     cfg.train = ml_collections.ConfigDict(dict(
         steps=2500, max_minutes=9.0, log_every=25, eval_every=1250, checkpoint_every=250, keep=2,
-        pictures=4, dac=True,
+        pictures=4, dac=True, init="official",  # from scratch, drawn as the official modules draw
     ))
     cfg.matmul_precision = "default"
     cfg.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))

@@ -3,8 +3,9 @@
     summary = train(cfg, workdir, init_from=None)
 
 * data: the Grain pipeline (`sam3_jax.data.pipeline`) over the configured source, sharded per process;
-* model: `Sam3Image`, params and AdamW state created directly in their shardings on the config's mesh
-  (or the params of a converted checkpoint, `--init_from`, placed into their shardings);
+* model: `Sam3Image`, params and AdamW state created directly in their shardings on the config's mesh,
+  drawn as the official PyTorch modules draw them (`model.init.official_init`; `train.init=flax`
+  keeps Flax's defaults), or the params of a converted checkpoint (`--init_from`);
 * step: one jitted sharded step (`train.step.make_train_step`) with the SAM 3 matcher and losses;
 * checkpoints: Orbax `CheckpointManager` (async, keep N) holding the train state plus, in the same
   step directory, the data iterator state and the loop position; a restart with the same command
@@ -26,6 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from sam3_jax.model.init import official_init
 from sam3_jax.model.sam3_image import Sam3Image
 from sam3_jax.parallel import checkpoint as ckpt
 from sam3_jax.parallel.distributed import is_main_process
@@ -252,6 +254,10 @@ def train(cfg, workdir: str, *, init_from: Optional[str] = None, log: Callable[[
     params, p_sh = init_params(model, jax.random.key(cfg.seed), _input_specs(first), mesh, rules)
     if init_from:
         params = _load_init(init_from, cfg, p_sh)
+    elif t.get("init", "official") == "official":  # from scratch, drawn as the official modules draw
+        params = jax.jit(official_init, out_shardings=p_sh)(params, jax.random.key(cfg.seed + 1))
+    elif t.get("init", "official") != "flax":
+        raise ValueError(f"train.init must be 'flax' or 'official', got {t.init!r}")
     tx = make_optimizer(params, cfg.optim, t.steps)
     state, s_sh = init_train_state(params, p_sh, tx, mesh)
     b_sh = {k: batch_sharding(mesh, v.ndim, rules) for k, v in first.items()}
