@@ -38,7 +38,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     # A from-scratch run on a CPU wants far larger steps than the fine-tuning recipe, but the encoders
     # keep smaller ones, as in the official groups: at 1e-3 their features drift under the early,
     # uninformative presence gradients (Adam takes full steps on noise) and the phrase-image match
-    # never starts (presence stays at chance); at 1e-4 it is learned within ~600 steps.
+    # never starts (presence stays at chance); with both at 1e-4 it starts within ~600 steps.
     o.update(lr_transformer=1e-3, lr_vision=3e-4, lr_language=1e-4, lr_scale=1.0, layer_decay=1.0,
              weight_decay=0.01, clip_norm=1.0, warmup_steps=50, cooldown_steps=50, timescale=400)
     cfg.optim = ml_collections.ConfigDict(o)

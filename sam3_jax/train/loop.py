@@ -234,6 +234,9 @@ def train(cfg, workdir: str, *, init_from: Optional[str] = None, log: Callable[[
 
     from sam3_jax.data.pipeline import close_iterator, make_iterator
 
+    init = cfg.train.get("init", "official")
+    if init not in ("official", "flax"):
+        raise ValueError(f"train.init must be 'flax' or 'official', got {init!r}")
     os.makedirs(workdir, exist_ok=True)
     main = is_main_process()
     if cfg.get("matmul_precision"):
@@ -254,10 +257,8 @@ def train(cfg, workdir: str, *, init_from: Optional[str] = None, log: Callable[[
     params, p_sh = init_params(model, jax.random.key(cfg.seed), _input_specs(first), mesh, rules)
     if init_from:
         params = _load_init(init_from, cfg, p_sh)
-    elif t.get("init", "official") == "official":  # from scratch, drawn as the official modules draw
+    elif init == "official":  # from scratch, drawn as the official modules draw
         params = jax.jit(official_init, out_shardings=p_sh)(params, jax.random.key(cfg.seed + 1))
-    elif t.get("init", "official") != "flax":
-        raise ValueError(f"train.init must be 'flax' or 'official', got {t.init!r}")
     tx = make_optimizer(params, cfg.optim, t.steps)
     state, s_sh = init_train_state(params, p_sh, tx, mesh)
     b_sh = {k: batch_sharding(mesh, v.ndim, rules) for k, v in first.items()}
