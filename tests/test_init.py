@@ -82,3 +82,35 @@ def test_train_refuses_an_unknown_init(tmp_path, repo_root):
     with pytest.raises(ValueError, match="train.init must be 'flax' or 'official', got 'xavier'"):
         train(cfg, str(tmp_path / "w"), progress=False, log=lambda *_: None)
     assert not os.path.exists(tmp_path / "w")  # refused before anything is written
+
+
+def test_init_params_transform_runs_in_the_same_jit(tiny_cfg):
+    """init_params(transform=official_init...) gives exactly what re-drawing afterwards gives, sharded as
+    init_shardings says (the training loop uses it so one param-sized buffer is ever materialised)."""
+    import ml_collections
+
+    from sam3_jax.model.sam3_image import Sam3Image
+    from sam3_jax.config import LOGICAL_AXIS_RULES
+    from sam3_jax.parallel.mesh import logical_rules, make_mesh
+    from sam3_jax.parallel.state import init_params, init_shardings
+
+    model = Sam3Image(tiny_cfg)
+    s, b = tiny_cfg.image_size, 2
+    specs = [jax.ShapeDtypeStruct((b, s, s, 3), jnp.float32), jax.ShapeDtypeStruct((b, 32), jnp.int32),
+             jax.ShapeDtypeStruct((b, 2, 4), jnp.float32), jax.ShapeDtypeStruct((b, 2), jnp.int32),
+             jax.ShapeDtypeStruct((b, 2), jnp.bool_)]
+    mesh = make_mesh(ml_collections.ConfigDict(dict(data=2, fsdp=2, tensor=1)), jax.devices()[:4])
+    rules = logical_rules(ml_collections.ConfigDict(dict(logical_axis_rules=LOGICAL_AXIS_RULES)))
+    redraw = lambda p: official_init(p, jax.random.key(7))  # noqa: E731
+    plain, sh = init_params(model, jax.random.key(3), specs, mesh, rules)
+    fused, sh2 = init_params(model, jax.random.key(3), specs, mesh, rules, transform=redraw)
+    after = jax.jit(redraw, out_shardings=sh)(plain)
+    want = init_shardings(model, specs, mesh, rules)
+    assert jax.tree_util.tree_leaves(sh2) == jax.tree_util.tree_leaves(want)
+    assert [x.sharding for x in jax.tree_util.tree_leaves(fused)] == jax.tree_util.tree_leaves(want)
+    fa, fb = _flat(fused), _flat(after)
+    assert fa.keys() == fb.keys()
+    for k in fa:
+        np.testing.assert_array_equal(fa[k], fb[k], err_msg=k)
+    kernel = "transformer/decoder/layers/cross_attn/query/kernel"
+    assert not np.array_equal(fa[kernel], _flat(plain)[kernel])  # the transform did run

@@ -11,7 +11,7 @@ Orbax saves and restores onto any other mesh (`abstract_train_state` gives the r
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import flax.linen as nn
 import jax
@@ -34,14 +34,26 @@ def abstract_params(model: nn.Module, input_specs: Sequence[jax.ShapeDtypeStruct
 
 
 def init_params(
-    model: nn.Module, rng: jax.Array, input_specs: Sequence[jax.ShapeDtypeStruct], mesh, rules: Rules
+    model: nn.Module, rng: jax.Array, input_specs: Sequence[jax.ShapeDtypeStruct], mesh, rules: Rules,
+    transform: Optional[Callable[[Any], Any]] = None,
 ) -> tuple[Any, Any]:
-    """Initialises params directly into their shardings. Returns (params, shardings)."""
-    boxed = abstract_params(model, input_specs, mesh, rules)
-    shardings = param_shardings(boxed, mesh, rules)
+    """Initialises params directly into their shardings. Returns (params, shardings).
+
+    transform: params -> params applied inside the same jit (e.g. `official_init` re-drawing the
+    module's own init), so only the final params are ever materialised."""
+    shardings = init_shardings(model, input_specs, mesh, rules)
+
+    def init(r):
+        params = nn.meta.unbox(model.init(r, *_zeros(input_specs))["params"])
+        return params if transform is None else transform(params)
+
     with activate(mesh, rules):
-        init = jax.jit(lambda r: nn.meta.unbox(model.init(r, *_zeros(input_specs))["params"]), out_shardings=shardings)
-        return init(rng), shardings
+        return jax.jit(init, out_shardings=shardings)(rng), shardings
+
+
+def init_shardings(model: nn.Module, input_specs: Sequence[jax.ShapeDtypeStruct], mesh, rules: Rules) -> Any:
+    """The param shardings `init_params` would return, without drawing anything."""
+    return param_shardings(abstract_params(model, input_specs, mesh, rules), mesh, rules)
 
 
 def place_params(host_params: Any, shardings: Any) -> Any:

@@ -32,7 +32,13 @@ from sam3_jax.model.sam3_image import Sam3Image
 from sam3_jax.parallel import checkpoint as ckpt
 from sam3_jax.parallel.distributed import is_main_process
 from sam3_jax.parallel.mesh import activate, batch_sharding, logical_rules, make_mesh
-from sam3_jax.parallel.state import abstract_train_state, init_params, init_train_state, place_params
+from sam3_jax.parallel.state import (
+    abstract_train_state,
+    init_params,
+    init_shardings,
+    init_train_state,
+    place_params,
+)
 from sam3_jax.train.losses import LossConfig, compute_num_boxes, sam3_loss
 from sam3_jax.train.optim import make_optimizer
 from sam3_jax.train.step import make_train_step
@@ -254,11 +260,13 @@ def train(cfg, workdir: str, *, init_from: Optional[str] = None, log: Callable[[
     it_start = it.get_state()
     first = flatten_batch(next(it))  # only for the shapes: the iterator is rewound to it_start below
 
-    params, p_sh = init_params(model, jax.random.key(cfg.seed), _input_specs(first), mesh, rules)
+    specs = _input_specs(first)
     if init_from:
+        p_sh = init_shardings(model, specs, mesh, rules)
         params = _load_init(init_from, cfg, p_sh)
-    elif init == "official":  # from scratch, drawn as the official modules draw
-        params = jax.jit(official_init, out_shardings=p_sh)(params, jax.random.key(cfg.seed + 1))
+    else:  # from scratch: "official" re-draws every param as the official modules draw it, in the same jit
+        redraw = (lambda p: official_init(p, jax.random.key(cfg.seed + 1))) if init == "official" else None
+        params, p_sh = init_params(model, jax.random.key(cfg.seed), specs, mesh, rules, transform=redraw)
     tx = make_optimizer(params, cfg.optim, t.steps)
     state, s_sh = init_train_state(params, p_sh, tx, mesh)
     b_sh = {k: batch_sharding(mesh, v.ndim, rules) for k, v in first.items()}
