@@ -77,6 +77,30 @@ def test_kill_and_resume_replays_exactly(uninterrupted, tmp_path, repo_root, pyt
         assert abs(got[step] - ref[step]) <= 1e-6 * max(1.0, abs(ref[step])), (step, got[step], ref[step], kill_after)
 
 
+def test_resume_draws_no_init(uninterrupted, tmp_path, repo_root, python):
+    """A restart that finds a checkpoint restores it into abstract targets: it neither draws an init
+    nor loads --init_from (both would be replaced by the restore anyway)."""
+    import shutil
+
+    workdir = tmp_path / "run"
+    shutil.copytree(uninterrupted[0], workdir)
+    argv = ["train.py", "--workdir", str(workdir), "--init_from", str(tmp_path / "absent")] + SMOKE + \
+        ["--config.train.steps=9"]
+    script = (
+        "import runpy, sys\n"
+        "import sam3_jax.train.loop as loop\n"
+        "def boom(*a, **k):\n"
+        "    raise AssertionError('init on resume')\n"
+        "loop.init_params = loop._load_init = loop.init_shardings = boom\n"
+        f"sys.argv = {argv!r}\n"
+        "runpy.run_path('train.py', run_name='__main__')\n"
+    )
+    r = subprocess.run([python, "-c", script], cwd=repo_root, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "at step 8" in r.stdout + r.stderr
+    assert sorted(_losses(workdir)) == list(range(1, 10))
+
+
 def test_init_from_converted_checkpoint_gives_exactly_the_converted_params(tmp_path, repo_root, python):
     """--init_from: an official-layout checkpoint at the training config's sizes (built by the oracle),
     converted by convert_weights.py, is what the run starts from, bit for bit."""

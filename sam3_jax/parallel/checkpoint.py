@@ -18,6 +18,18 @@ def manager(directory: str, *, max_to_keep: int = 3, async_save: bool = True) ->
     return ocp.CheckpointManager(os.path.abspath(directory), options=options)
 
 
+def latest_step(directory: str) -> Optional[int]:
+    """The newest finished checkpoint step under `directory`, or None. Creates nothing where there is
+    no checkpoint directory (a CheckpointManager would create it)."""
+    if not os.path.isdir(directory):
+        return None
+    mngr = manager(directory, async_save=False)
+    try:
+        return mngr.latest_step()
+    finally:
+        mngr.close()
+
+
 def save(mngr: ocp.CheckpointManager, step: int, state: Any, *, extra: Optional[dict] = None) -> bool:
     items = {"state": ocp.args.StandardSave(state)}
     if extra is not None:

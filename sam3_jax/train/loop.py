@@ -9,7 +9,8 @@
 * step: one jitted sharded step (`train.step.make_train_step`) with the SAM 3 matcher and losses;
 * checkpoints: Orbax `CheckpointManager` (async, keep N) holding the train state plus, in the same
   step directory, the data iterator state and the loop position; a restart with the same command
-  resumes from the latest checkpoint and replays exactly the same data and updates;
+  resumes from the latest checkpoint (restored into abstract targets: no init is drawn or loaded
+  first) and replays exactly the same data and updates;
 * evaluation: cgF1 / IL_MCC / pmF1 on a fixed validation set (and, for the synthetic source, on
   held-out colour-shape combinations); each process reads its own shard, predictions are gathered;
 * logging (process 0 only): progress bar, `metrics.jsonl` and TensorBoard events, overlay pictures.
@@ -31,13 +32,16 @@ from sam3_jax.model.init import official_init
 from sam3_jax.model.sam3_image import Sam3Image
 from sam3_jax.parallel import checkpoint as ckpt
 from sam3_jax.parallel.distributed import is_main_process
-from sam3_jax.parallel.mesh import activate, batch_sharding, logical_rules, make_mesh
+from sam3_jax.parallel.mesh import activate, batch_sharding, logical_rules, make_mesh, param_shardings
 from sam3_jax.parallel.state import (
+    abstract_params,
     abstract_train_state,
     init_params,
     init_shardings,
     init_train_state,
     place_params,
+    train_state_shardings,
+    unboxed_abstract,
 )
 from sam3_jax.train.losses import LossConfig, compute_num_boxes, sam3_loss
 from sam3_jax.train.optim import make_optimizer
@@ -261,26 +265,32 @@ def train(cfg, workdir: str, *, init_from: Optional[str] = None, log: Callable[[
     first = flatten_batch(next(it))  # only for the shapes: the iterator is rewound to it_start below
 
     specs = _input_specs(first)
-    if init_from:
+    ckpt_dir = os.path.join(workdir, "checkpoints")
+    resume = ckpt.latest_step(ckpt_dir) is not None
+    if resume:  # the checkpoint replaces every param and the optimizer state: draw and load nothing
+        boxed = abstract_params(model, specs, mesh, rules)
+        params, p_sh = unboxed_abstract(boxed), param_shardings(boxed, mesh, rules)
+    elif init_from:
         p_sh = init_shardings(model, specs, mesh, rules)
         params = _load_init(init_from, cfg, p_sh)
     else:  # from scratch: "official" re-draws every param as the official modules draw it, in the same jit
         redraw = (lambda p: official_init(p, jax.random.key(cfg.seed + 1))) if init == "official" else None
         params, p_sh = init_params(model, jax.random.key(cfg.seed), specs, mesh, rules, transform=redraw)
-    tx = make_optimizer(params, cfg.optim, t.steps)
-    state, s_sh = init_train_state(params, p_sh, tx, mesh)
+    tx = make_optimizer(params, cfg.optim, t.steps)  # reads only the params' paths and shapes
+    if resume:
+        s_sh = train_state_shardings(tx, params, p_sh, mesh)
+    else:
+        state, s_sh = init_train_state(params, p_sh, tx, mesh)
     b_sh = {k: batch_sharding(mesh, v.ndim, rules) for k, v in first.items()}
     step_fn = make_train_step(model, tx, make_loss_fn(cfg.loss), mesh, rules, s_sh, b_sh, dac=bool(t.get("dac", False)))
 
-    mngr = ckpt.manager(os.path.join(workdir, "checkpoints"), max_to_keep=t.keep)
+    mngr = ckpt.manager(ckpt_dir, max_to_keep=t.keep)
     start = 0
     data_state = None
-    if mngr.latest_step() is not None:
-        target = abstract_train_state(jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
-                                                             state["params"]), tx, s_sh)
-        state, meta = ckpt.restore(mngr, target, with_meta=True)
+    if resume:
+        state, meta = ckpt.restore(mngr, abstract_train_state(params, tx, s_sh), with_meta=True)
         start, data_state = int(meta["step"]), meta["data_state"]
-        log(f"resumed from {workdir}/checkpoints at step {start}")
+        log(f"resumed from {ckpt_dir}" + (" (--init_from not read)" if init_from else "") + f" at step {start}")
     it.set_state(data_state if data_state is not None else it_start)
 
     logger = _Logger(workdir, main)
