@@ -53,7 +53,16 @@ def init_params(
 
 def init_shardings(model: nn.Module, input_specs: Sequence[jax.ShapeDtypeStruct], mesh, rules: Rules) -> Any:
     """The param shardings `init_params` would return, without drawing anything."""
-    return param_shardings(abstract_params(model, input_specs, mesh, rules), mesh, rules)
+    return abstract_params_and_shardings(model, input_specs, mesh, rules)[1]
+
+
+def abstract_params_and_shardings(
+    model: nn.Module, input_specs: Sequence[jax.ShapeDtypeStruct], mesh, rules: Rules
+) -> tuple[Any, Any]:
+    """(unboxed ShapeDtypeStruct params, their shardings) from one abstract init: the targets a
+    checkpoint restore needs, with nothing drawn."""
+    boxed = abstract_params(model, input_specs, mesh, rules)
+    return unboxed_abstract(boxed), param_shardings(boxed, mesh, rules)
 
 
 def place_params(host_params: Any, shardings: Any) -> Any:

@@ -32,16 +32,15 @@ from sam3_jax.model.init import official_init
 from sam3_jax.model.sam3_image import Sam3Image
 from sam3_jax.parallel import checkpoint as ckpt
 from sam3_jax.parallel.distributed import is_main_process
-from sam3_jax.parallel.mesh import activate, batch_sharding, logical_rules, make_mesh, param_shardings
+from sam3_jax.parallel.mesh import activate, batch_sharding, logical_rules, make_mesh
 from sam3_jax.parallel.state import (
-    abstract_params,
+    abstract_params_and_shardings,
     abstract_train_state,
     init_params,
     init_shardings,
     init_train_state,
     place_params,
     train_state_shardings,
-    unboxed_abstract,
 )
 from sam3_jax.train.losses import LossConfig, compute_num_boxes, sam3_loss
 from sam3_jax.train.optim import make_optimizer
@@ -268,8 +267,7 @@ def train(cfg, workdir: str, *, init_from: Optional[str] = None, log: Callable[[
     ckpt_dir = os.path.join(workdir, "checkpoints")
     resume = ckpt.latest_step(ckpt_dir) is not None
     if resume:  # the checkpoint replaces every param and the optimizer state: draw and load nothing
-        boxed = abstract_params(model, specs, mesh, rules)
-        params, p_sh = unboxed_abstract(boxed), param_shardings(boxed, mesh, rules)
+        params, p_sh = abstract_params_and_shardings(model, specs, mesh, rules)
     elif init_from:
         p_sh = init_shardings(model, specs, mesh, rules)
         params = _load_init(init_from, cfg, p_sh)
