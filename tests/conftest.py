@@ -39,3 +39,15 @@ def full_cfg():
     from sam3_jax.config import model_config
 
     return model_config("full")
+
+
+def assert_parity(ours, ref, tolerance: float, what: str = "") -> float:
+    """Stage parity as the parity CLI judges it: max abs error <= tolerance x max(1, max |official|)
+    (`sam3_jax.parity.run.allowed_error`: fp32 rounding grows with the magnitude of the values, and
+    CPUs of another ISA sum conv / norm reductions in another order). Returns the max abs error."""
+    from sam3_jax.parity.run import allowed_error, compare
+
+    r = compare(what, ours, ref, tolerance)
+    assert r.ok, (f"{what}: max abs error {r.max_abs:.3g} > {allowed_error(tolerance, r.scale):.3g} "
+                  f"(tolerance {tolerance:g} x max(1, max |official| = {r.scale:.3g}))")
+    return r.max_abs

@@ -16,7 +16,7 @@ from sam3_jax.convert.rules_geometry import geometry_encoder_rules
 from sam3_jax.layers.core import count_params
 from sam3_jax.layers.roi_align import grid_sample, roi_align
 from sam3_jax.model.geometry_encoder import GeometryEncoder, geometry_encoder_from_config
-from tests.conftest import FIXTURES
+from tests.conftest import FIXTURES, assert_parity
 
 torch = pytest.importorskip("torch")
 torchvision = pytest.importorskip("torchvision")
@@ -239,9 +239,8 @@ def test_parity_vs_official(seed, case, official_models, jax_model, tiny_cfg):
     assert tokens.shape == (2, n, tiny_cfg.d_model) and out_mask.shape == (2, n)
     np.testing.assert_array_equal(np.asarray(out_mask), ref_mask)
     # Every slot, padded ones included (they hold exactly what the official packing puts there).
-    err = _max_err(tokens, ref_tokens)
+    err = assert_parity(tokens, ref_tokens, TOL, f"{case} seed {seed}")
     print(f"{case} seed {seed}: max abs err {err:.3g}")
-    assert err < TOL
 
 
 def test_full_size_parameter_count_and_axes(full_cfg, tiny_cfg):
@@ -304,6 +303,5 @@ def test_parity_full_size(full_cfg):
         img_pos=pos, points=pts, point_labels=plabels, point_mask=pmask,
     )
     np.testing.assert_array_equal(np.asarray(out_mask), ref_mask)
-    err = _max_err(tokens, ref_tokens)
+    err = assert_parity(tokens, ref_tokens, TOL, "full size")
     print(f"full size: max abs err {err:.3g}")
-    assert err < TOL

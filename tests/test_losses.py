@@ -432,7 +432,7 @@ def test_image_model_dac_outputs_feed_the_o2m_losses():
     cfg = mod.get_config("").model
     model = Sam3Image(cfg)
     rng = np.random.default_rng(0)
-    b, s, q = 2, cfg.image_size, cfg.num_queries
+    b, s = 2, cfg.image_size
     inputs = (jnp.asarray(rng.normal(size=(b, s, s, 3)), jnp.float32),
               jnp.asarray(rng.integers(1, 400, (b, cfg.text.context_length)), jnp.int32),
               jnp.zeros((b, 1, 4)), jnp.zeros((b, 1), jnp.int32), jnp.ones((b, 1), bool))

@@ -2,7 +2,8 @@
 
 Random official weights plus per-tensor noise, several seeds, batch 2, real photos from
 scikit-image's bundled images, text-only / box-only / text+box prompts with positive and negative
-boxes. Encoder stages within 1e-5 max abs error (ids and masks exact), detector outputs within 1e-4.
+boxes. Encoder stages within 1e-5, detector outputs within 1e-4 (max abs error, times max |official|
+where that exceeds 1: `sam3_jax.parity.run.allowed_error`); token ids and masks exact.
 """
 
 import json
@@ -13,6 +14,8 @@ import numpy as np
 import pytest
 
 pytest.importorskip("sam3")
+
+from tests.conftest import assert_parity  # noqa: E402
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -68,7 +71,7 @@ def test_block_outputs_match_official(tiny_cfg):
     ours = np.asarray(jax.device_get(ours))
     assert ours.shape[0] == tiny_cfg.vit.depth == len(outs)
     for i, ref in enumerate(outs):
-        np.testing.assert_allclose(ours[i], ref, atol=1e-5, rtol=0, err_msg=f"block {i}")
+        assert_parity(ours[i], ref, 1e-5, f"block {i}")
 
 
 def test_parity_cli_report_and_exit_status(tmp_path, repo_root, python):

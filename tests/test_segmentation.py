@@ -13,10 +13,19 @@ from sam3_jax.convert.convert import convert
 from sam3_jax.convert.rules_segmentation import segmentation_rules
 from sam3_jax.layers.core import count_params
 from sam3_jax.model.segmentation import SegmentationHead, segmentation_head_from_config
-from tests.conftest import FIXTURES
+from tests.conftest import FIXTURES, assert_parity
 
 PREFIX = "segmentation_head."
+# fp32 stage parity, judged as the parity CLI does: max abs error <= TOL x max(1, max |official|).
+# pixel_embed is a GroupNorm + ReLU output of magnitude ~5, each value the end of a 2304-term 3x3 conv
+# and a 131k-element norm reduction: the official fp32 output itself is 1.0-1.3e-5 from the float64
+# result, ours 0.9-1.2e-5, and the two fp32 outputs differ by up to 1.5e-5 on an AVX2-only CPU, whose
+# kernels sum in another order than AVX-512 ones. `test_float64_parity` checks the arithmetic itself
+# without that rounding.
 TOL = 1e-5
+# float64 on both sides: only jax.nn.dot_product_attention's softmax stays fp32 (it casts the logits
+# to fp32 whatever their dtype), which leaves ~4e-8 on values of magnitude ~5.
+TOL_F64 = 1e-6
 
 
 def _abstract_inputs(cfg, grid: int, batch: int = 1, prompt_len: int = 5):
@@ -138,6 +147,10 @@ def _inputs(cfg, seed: int, grid: int = 16, batch: int = 2, fpn_batch: int = 2, 
     return fpn, enc, prompt, prompt_mask, hs
 
 
+def _as64(*arrays):
+    return [a.astype(np.float64) if a.dtype == np.float32 else a for a in arrays]
+
+
 def _convert(head, cfg, grid):
     from sam3_jax.parity import oracle
 
@@ -167,9 +180,7 @@ def test_parity_with_official(official_builder, jax_apply, tiny_cfg, seed):
     assert out["semantic_seg"].shape == (2, 4 * grid, 4 * grid, 1)
     assert out["pixel_embed"].shape == (2, 4 * grid, 4 * grid, tiny_cfg.d_model)
     for k in ("pred_masks", "semantic_seg", "pixel_embed"):
-        err = float(np.max(np.abs(np.asarray(out[k]) - ref[k])))
-        print(f"{k}: max abs error {err:.3g}")
-        assert err < TOL, f"{k}: max abs error {err:.3g}"
+        print(f"{k}: max abs error {assert_parity(out[k], ref[k], TOL, k):.3g}")
 
 
 def test_parity_shared_image_maps(official_builder, jax_apply, tiny_cfg):
@@ -181,6 +192,33 @@ def test_parity_shared_image_maps(official_builder, jax_apply, tiny_cfg):
     ref = _run_official(head, fpn, enc, prompt, prompt_mask, hs, np.zeros(2, np.int64))
     out = jax_apply(params, fpn, enc, prompt, prompt_mask, hs[-1])
     for k in ("pred_masks", "semantic_seg", "pixel_embed"):
-        err = float(np.max(np.abs(np.asarray(out[k]) - ref[k])))
-        print(f"{k}: max abs error {err:.3g}")
-        assert err < TOL, f"{k}: max abs error {err:.3g}"
+        print(f"{k}: max abs error {assert_parity(out[k], ref[k], TOL, k):.3g}")
+
+
+def test_float64_parity(official_builder, tiny_cfg):
+    """Both models in float64: the arithmetic is the official one, whatever the fp32 summation order.
+    Then in fp32 ours is as close to the float64 result as the official fp32 output is (within 2x)."""
+    import torch
+
+    grid = tiny_cfg.image_size // tiny_cfg.vit.patch_size
+    head = _official_head(official_builder, tiny_cfg, 1)
+    params = _convert(head, tiny_cfg, grid)
+    fpn, enc, prompt, prompt_mask, hs = _inputs(tiny_cfg, 1, grid)
+    ref32 = _run_official(head, fpn, enc, prompt, prompt_mask, hs, np.arange(2))
+    ref64 = _run_official(head.to(torch.float64), _as64(*fpn), *_as64(enc, prompt, prompt_mask, hs), np.arange(2))
+    out32 = jax.jit(lambda p, *a: segmentation_head_from_config(tiny_cfg).apply({"params": p}, *a))(
+        params, fpn, enc, prompt, prompt_mask, hs[-1])
+    with jax.enable_x64(True):
+        cfg64 = tiny_cfg.copy_and_resolve_references()
+        cfg64.dtype = cfg64.param_dtype = "float64"
+        p64 = jax.tree_util.tree_map(lambda x: jnp.asarray(x, jnp.float64), params)
+        out64 = segmentation_head_from_config(cfg64).apply(
+            {"params": p64}, _as64(*fpn), *_as64(enc, prompt, prompt_mask, hs[-1]))
+        out64 = {k: np.asarray(v) for k, v in out64.items()}
+    for k in ("pred_masks", "semantic_seg", "pixel_embed"):
+        assert out64[k].dtype == np.float64 and ref64[k].dtype == np.float64, k
+        err64 = assert_parity(out64[k], ref64[k], TOL_F64, k + " (float64)")
+        ours = float(np.max(np.abs(np.asarray(out32[k], np.float64) - ref64[k])))
+        official = float(np.max(np.abs(ref32[k].astype(np.float64) - ref64[k])))
+        print(f"{k}: float64 {err64:.3g}; fp32 vs float64: ours {ours:.3g}, official {official:.3g}")
+        assert ours <= 2 * official, f"{k}: ours in fp32 is {ours:.3g} from float64, the official {official:.3g}"

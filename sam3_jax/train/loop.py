@@ -22,7 +22,7 @@ import dataclasses
 import json
 import os
 import time
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import jax
 import jax.numpy as jnp
@@ -45,6 +45,9 @@ from sam3_jax.parallel.state import (
 from sam3_jax.train.losses import LossConfig, compute_num_boxes, sam3_loss
 from sam3_jax.train.optim import make_optimizer
 from sam3_jax.train.step import make_train_step
+
+if TYPE_CHECKING:
+    import ml_collections
 
 TARGET_PREFIX = "tgt_"
 
