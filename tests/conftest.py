@@ -5,6 +5,15 @@ import sys
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TORCHDYNAMO_DISABLE", "1")
+# One persistent XLA compilation cache for the CLI subprocesses of this test session (train.py runs
+# compile the same programs again and again), never the user's own cache.
+if "SAM3_JAX_COMPILATION_CACHE" not in os.environ:
+    import atexit
+    import shutil
+    import tempfile
+
+    os.environ["SAM3_JAX_COMPILATION_CACHE"] = tempfile.mkdtemp(prefix="sam3_jax_test_xla_cache_")
+    atexit.register(shutil.rmtree, os.environ["SAM3_JAX_COMPILATION_CACHE"], True)
 
 import jax  # noqa: E402
 import pytest  # noqa: E402

@@ -1,7 +1,7 @@
 """One process of the two-process test (not collected by pytest; started by test_multihost.py).
 
 Each process owns 4 CPU devices; `jax.distributed.initialize` on 127.0.0.1 (gloo collectives)
-joins them into 8 global devices. The processes build a (2, 2, 2) mesh, initialise the tiny model
+joins them into 8 global devices. The processes build a (2, 2, 2) mesh, initialise the mesh-test model
 sharded, feed each its own half of a global batch, run train steps, and save an Orbax checkpoint
 (each process writes its own shards). Process 0 also writes the gathered params and the losses.
 Then both evaluate the trained params on 11 synthetic validation pairs (each process reads its own
@@ -43,10 +43,10 @@ def main():
     from sam3_jax.parallel.mesh import batch_sharding, logical_rules, make_mesh
     from sam3_jax.parallel.state import init_params, init_train_state
     from sam3_jax.train.step import make_train_step
-    from tests.test_sharding import B, experiment_config, surrogate_loss
+    from tests.test_sharding import B, mesh_test_config, surrogate_loss
 
     assert jax.device_count() == 8 and jax.local_device_count() == 4
-    cfg = experiment_config("tiny")
+    cfg = mesh_test_config()
     model = Sam3Image(cfg.model)
     mesh = make_mesh(ml_collections.ConfigDict(dict(data=2, fsdp=2, tensor=2)))
     rules = logical_rules(cfg)

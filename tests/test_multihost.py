@@ -16,7 +16,7 @@ import pytest
 from sam3_jax.parallel import checkpoint
 from sam3_jax.parallel.mesh import logical_rules, make_mesh, param_shardings
 from sam3_jax.parallel.state import abstract_params, abstract_train_state, train_state_shardings, unboxed_abstract
-from tests.test_sharding import B, experiment_config
+from tests.test_sharding import B, mesh_test_config
 
 
 def eval_setup(cfg):
@@ -71,7 +71,7 @@ def two_process_run(tmp_path_factory, repo_root):
 
 @pytest.mark.parametrize("shape", [(1, 8, 1), (1, 1, 1)])
 def test_restore_two_process_checkpoint_on_other_meshes(two_process_run, shape):
-    cfg = experiment_config("tiny")
+    cfg = mesh_test_config()
     n = int(np.prod(shape))
     mesh = make_mesh(ml_collections.ConfigDict(dict(zip(("data", "fsdp", "tensor"), shape))), jax.devices()[:n])
     state = checkpoint.restore(checkpoint.manager(str(two_process_run / "ckpt")), _target(mesh, cfg))
@@ -92,7 +92,7 @@ def test_two_process_evaluation_equals_one_process(two_process_run):
     from sam3_jax.model.sam3_image import Sam3Image
     from sam3_jax.train.loop import Evaluator
 
-    cfg = experiment_config("tiny")
+    cfg = mesh_test_config()
     mesh = make_mesh(ml_collections.ConfigDict(dict(data=1, fsdp=1, tensor=1)), jax.devices()[:1])
     state = checkpoint.restore(checkpoint.manager(str(two_process_run / "ckpt")), _target(mesh, cfg))
     cfg_eval, val = eval_setup(cfg)

@@ -187,6 +187,7 @@ class SegmentationHead(nn.Module):
         # 4. Instance embeddings and mask logits.
         instance_embeds = Conv(self.d_model, 1, name="instance_seg_head", **kw)(pixel_embed)
         query_embed = _MaskPredictor(self.d_model, self.mask_mlp_layers, name="mask_predictor", **kw)(obj_queries)
+        query_embed = P.constrain(query_embed, (P.BATCH, P.LENGTH, P.ACT_EMBED))
         pred_masks = jnp.einsum("bqc,bhwc->bqhw", query_embed, instance_embeds.astype(query_embed.dtype))
 
         # 5. Semantic head.

@@ -7,7 +7,7 @@ import sys
 
 from absl import app, flags, logging
 
-from sam3_jax.config_cli import define_config_flag
+from sam3_jax.config_cli import define_compilation_cache_flag, define_config_flag, enable_compilation_cache
 
 _CONFIG = define_config_flag("configs/synthetic.py")
 _WORKDIR = flags.DEFINE_string("workdir", "runs/synthetic", "Checkpoints, metrics.jsonl, pictures, summary.json.")
@@ -16,12 +16,14 @@ _COORD = flags.DEFINE_string("coordinator_address", None, "Multi-host: coordinat
 _NPROC = flags.DEFINE_integer("num_processes", None, "Multi-host: number of processes.")
 _PID = flags.DEFINE_integer("process_id", None, "Multi-host: this process's id.")
 _DIST = flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize (auto-detected cluster).")
+_CACHE = define_compilation_cache_flag()
 
 
 def main(argv) -> int:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logging.set_verbosity(logging.WARNING)
+    enable_compilation_cache(_CACHE.value)
     if _DIST.value or _COORD.value:
         from sam3_jax.parallel.distributed import initialize
 

@@ -9,13 +9,14 @@ Official counterparts (sam3/train/matcher.py), with the settings of the released
       C[q, m] = 5 * |box_q - box_m|_1 (cxcywh)  -  2 * GIoU(box_q, box_m)
               + 2 * (-0.25 (1 - p)^2 log p  +  0.75 p^2 log(1 - p))       (logs as log-sigmoid)
 
-  The assignment minimising the total cost is solved exactly by scipy's
-  `linear_sum_assignment` on the host: ONE `jax.pure_callback` per call, which receives every cost
-  matrix of the call at once (any leading batch dims, e.g. (layers, B)), so main and auxiliary
-  outputs share one host round trip. Each image's matrix is restricted to its valid targets, in
-  slot order, exactly like the official code slices its padded matrix to `num_boxes`; an image
-  without valid targets gets no match. The official matcher is the same scipy solver on the same
-  matrix (computed in torch), so the indices agree whenever the optimum is unique.
+  The assignment minimising the total cost is solved exactly, on the device, by
+  `sam3_jax.train.lsap` (scipy's `linear_sum_assignment` algorithm replayed in jittable JAX, tie
+  rules included), for every cost matrix of the call at once (any leading batch dims, e.g.
+  (layers, B)). Each image's matrix is restricted to its valid targets, in slot order, exactly like
+  the official code slices its padded matrix to `num_boxes`; an image without valid targets gets no
+  match. The official matcher runs scipy on the same matrix (computed in torch, solved in float64),
+  so the indices agree unless two assignments tie to within float32 rounding. No host callback:
+  the train step stays in JAX's persistent compilation cache and never waits on the host.
 
 * `one_to_many_match` = `BinaryOneToManyMatcher(alpha=0.3, threshold=0.4, topk=4)` (DAC): with
   quality S[q, m] = 0.3 p + 0.7 IoU(box_q, box_m), query q matches target m when S[q, m] exceeds
@@ -38,9 +39,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-from scipy.optimize import linear_sum_assignment
-
 from sam3_jax.train.box_ops import box_cxcywh_to_xyxy, box_iou, generalized_box_iou
+from sam3_jax.train.lsap import linear_sum_assignment_masked
 
 
 class Matches(NamedTuple):
@@ -73,44 +73,13 @@ def hungarian_cost(
     return cost_bbox * l1 + cost_class * focal[..., :, None] - cost_giou * giou
 
 
-def _solve_on_host(cost: np.ndarray, tgt_valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Host side of `linear_sum_assignment_padded` (numpy in, numpy out)."""
-    cost = np.asarray(cost)
-    tgt_valid = np.asarray(tgt_valid)
-    lead = cost.shape[:-2]
-    q, m = cost.shape[-2:]
-    cost = cost.reshape((-1, q, m))
-    tgt_valid = np.broadcast_to(tgt_valid, lead + (m,)).reshape((-1, m))
-    query_idx = np.zeros((cost.shape[0], m), np.int32)
-    matched = np.zeros((cost.shape[0], m), bool)
-    for i in range(cost.shape[0]):
-        cols = np.flatnonzero(tgt_valid[i])
-        if cols.size == 0 or q == 0:
-            continue
-        rows, picked = linear_sum_assignment(cost[i][:, cols])
-        query_idx[i, cols[picked]] = rows
-        matched[i, cols[picked]] = True
-    return query_idx.reshape(lead + (m,)), matched.reshape(lead + (m,))
-
-
 def linear_sum_assignment_padded(cost: jax.Array, tgt_valid: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Exact minimum-cost one-to-one assignment of the valid targets, batched.
 
     cost (..., Q, M) float, tgt_valid (..., M) bool -> (query_idx (..., M) int32, matched (..., M)
     bool). Every valid target is matched when Q >= its image's number of valid targets; otherwise
-    only Q of them (those scipy picks). One `jax.pure_callback` for the whole batch; it runs scipy
-    on the host (under SPMD the whole array is gathered for it), so it is jit-able but not
-    differentiable (inputs are gradient-stopped)."""
-    cost = jax.lax.stop_gradient(cost).astype(jnp.float32)
-    tgt_valid = jnp.broadcast_to(tgt_valid, cost.shape[:-2] + cost.shape[-1:]).astype(bool)
-    out_shape = cost.shape[:-2] + cost.shape[-1:]
-    return jax.pure_callback(
-        _solve_on_host,
-        (jax.ShapeDtypeStruct(out_shape, jnp.int32), jax.ShapeDtypeStruct(out_shape, jnp.bool_)),
-        cost,
-        tgt_valid,
-        vmap_method="broadcast_all",
-    )
+    only Q of them (those scipy picks). Jittable, not differentiable (inputs are gradient-stopped)."""
+    return linear_sum_assignment_masked(jax.lax.stop_gradient(cost).astype(jnp.float32), tgt_valid)
 
 
 def hungarian_match(
