@@ -118,6 +118,34 @@ def test_held_out_never_a_train_phrase():
         assert _concept(ex["concept"])[1:] in held
 
 
+def test_synthetic_palette_shape_and_size_options():
+    """A smaller palette / shape set and no size words: objects and phrases stay inside them, held-out
+    combinations are still never train phrases, and bad options are refused up front."""
+    kw = dict(colours=("red", "green", "blue", "yellow"), shapes=("circle", "square", "triangle"),
+              held_out=(("blue", "triangle"), ("yellow", "square")), size_words=False)
+    train = SyntheticSource("train", seed=2, **kw)
+    held = {(COLOURS.index(c), SHAPES.index(sh)) for c, sh in kw["held_out"]}
+    colours = {COLOURS.index(c) for c in kw["colours"]}
+    shapes = {SHAPES.index(x) for x in kw["shapes"]}
+    for i in range(400):
+        ex = train[i]
+        objs = [o for o in ex["objects"] if o[0] >= 0]
+        assert all(o[1] in colours and o[2] in shapes for o in objs), i
+        size, colour, shape = _concept(ex["concept"])
+        assert size is None and not any(w in ex["text"].split() for w in SIZES), ex["text"]
+        assert colour is None or colour in colours
+        assert shape is None or shape in shapes
+        assert (colour, shape) not in held
+    test = [SyntheticSource("test", held_out_rate=1.0, **kw)[i] for i in range(40)]
+    assert all(ex["held_out"] and _concept(ex["concept"])[1:] in held for ex in test)
+    with pytest.raises(ValueError, match="not a .colour, shape. pair"):
+        SyntheticSource("train", colours=("red", "green"))  # the default held-out pairs need other colours
+    with pytest.raises(ValueError, match="colours must be distinct names"):
+        SyntheticSource("train", colours=("red", "pink"), held_out=())
+    with pytest.raises(ValueError, match="nothing is left to train on"):
+        SyntheticSource("train", colours=("red",), shapes=("circle",), held_out=(("red", "circle"),))
+
+
 def test_synthetic_video():
     v = SyntheticVideoSource("val", num_frames=8, canvas=64)
     crossings = 0

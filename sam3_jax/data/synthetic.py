@@ -231,6 +231,9 @@ class SyntheticSource:
       min_objects, max_objects: objects per image (max_objects <= M).
       object_scale: multiplies the object radii (small 4-6.5, large 8-12 pixels at canvas 64).
       clutter: low-contrast background blobs; noise: std of the Gaussian pixel noise.
+      colours, shapes: the palette and shapes objects are drawn from (subsets of COLOURS / SHAPES, in
+        any order; default all); every held-out combination must be made of them.
+      size_words: phrases may name the size ("small" / "large"); False: never (sizes still vary).
     """
 
     def __init__(self, split: str = "train", *, seed: int = 0, num_examples: Optional[int] = None,
@@ -239,7 +242,8 @@ class SyntheticSource:
                  p_positive: float = 0.55, p_visual: float = 0.1, p_exemplar_pos: float = 0.3,
                  p_exemplar_neg: float = 0.1, p_repeat: float = 0.5, p_plural: float = 0.2,
                  min_objects: int = 2, max_objects: int = 6, object_scale: float = 1.0, clutter: bool = True,
-                 noise: float = 8.0):
+                 noise: float = 8.0, colours: Sequence[str] = COLOURS, shapes: Sequence[str] = SHAPES,
+                 size_words: bool = True):
         if split not in SPLITS:
             raise ValueError(f"split must be one of {sorted(SPLITS)}, got {split!r}")
         if canvas < 24:
@@ -255,11 +259,21 @@ class SyntheticSource:
         self.canvas = int(canvas)
         self.max_instances = int(max_instances)
         self.max_prompt_boxes = int(max_prompt_boxes)
+        for name, given, known in (("colours", colours, COLOURS), ("shapes", shapes, SHAPES)):
+            unknown = [x for x in given if x not in known]
+            if unknown or not given or len(set(given)) != len(given):
+                raise ValueError(f"{name} must be distinct names out of {known}, got {tuple(given)}")
+        self.colours, self.shapes = tuple(colours), tuple(shapes)
+        self._colour_ids = np.array([COLOURS.index(c) for c in self.colours])
+        self._shape_ids = np.array([SHAPES.index(x) for x in self.shapes])
         combos = []
         for c, s in held_out:
-            if c not in COLOURS or s not in SHAPES:
-                raise ValueError(f"held-out combination ({c!r}, {s!r}) is not a (colour, shape) pair")
+            if c not in self.colours or s not in self.shapes:
+                raise ValueError(f"held-out combination ({c!r}, {s!r}) is not a (colour, shape) pair of "
+                                 f"colours {self.colours} and shapes {self.shapes}")
             combos.append((COLOURS.index(c), SHAPES.index(s)))
+        if len(combos) >= len(self.colours) * len(self.shapes):
+            raise ValueError("every colour-shape combination is held out; nothing is left to train on")
         self.held_out = tuple(held_out)
         self._held = frozenset(combos)
         self.held_out_rate = float(held_out_rate)
@@ -268,6 +282,7 @@ class SyntheticSource:
         self.p_repeat, self.p_plural = float(p_repeat), float(p_plural)
         self.min_objects, self.max_objects = int(min_objects), int(max_objects)
         self.object_scale, self.clutter, self.noise = float(object_scale), bool(clutter), float(noise)
+        self.size_words = bool(size_words)
         if not 0.25 <= self.object_scale <= 2.5:
             raise ValueError(f"object_scale must be in [0.25, 2.5], got {object_scale}")
         self._scale = self.canvas / 64.0
@@ -296,10 +311,21 @@ class SyntheticSource:
     def _allowed(self, concept: Concept) -> bool:
         return self.split != "train" or not self.is_held_out(concept)
 
+    def _size_word(self, rng) -> Optional[int]:
+        """The size a sampled phrase names (30 %), or None."""
+        size = int(rng.integers(2)) if rng.random() < 0.3 else None
+        return size if self.size_words else None
+
+    def _any_colour(self, rng) -> int:
+        return int(self._colour_ids[rng.integers(len(self._colour_ids))])
+
+    def _any_shape(self, rng) -> int:
+        return int(self._shape_ids[rng.integers(len(self._shape_ids))])
+
     def _new_obj(self, rng, shape=None, colour=None, size=None) -> _Obj:
         S, sc = self.canvas, self._scale
-        shape = int(rng.integers(len(SHAPES))) if shape is None else shape
-        colour = int(rng.integers(len(COLOURS))) if colour is None else colour
+        shape = self._any_shape(rng) if shape is None else shape
+        colour = self._any_colour(rng) if colour is None else colour
         size = int(rng.integers(2)) if size is None else size
         r = float(rng.uniform(4.0, 6.5) if size == 0 else rng.uniform(8.0, 12.0)) * sc * self.object_scale
         cx, cy = rng.uniform(r * 0.7, S - r * 0.7, 2)
@@ -310,7 +336,7 @@ class SyntheticSource:
         n = int(rng.integers(self.min_objects, self.max_objects + 1))
         objs: list[_Obj] = []
         if rng.random() < self.p_repeat:
-            shape, colour = int(rng.integers(len(SHAPES))), int(rng.integers(len(COLOURS)))
+            shape, colour = self._any_shape(rng), self._any_colour(rng)
             for _ in range(int(rng.integers(2, 5))):
                 objs.append(self._new_obj(rng, shape, colour))
         while len(objs) < n:
@@ -331,6 +357,7 @@ class SyntheticSource:
         for _ in range(12):
             o = objs[int(rng.integers(len(objs)))]
             use = rng.random(3) < (0.4, 0.75, 0.75)
+            use[0] &= self.size_words
             if not (use[1] or use[2]):
                 use[1 + int(rng.integers(2))] = True
             c = Concept(o.size if use[0] else None, o.colour if use[1] else None, o.shape if use[2] else None)
@@ -353,7 +380,8 @@ class SyntheticSource:
         for sh in shapes:
             for si in sizes:
                 cands.append(Concept(si, None, sh))
-        cands = [c for c in cands if self._allowed(c) and not any(c.matches(o) for o in objs)]
+        cands = [c for c in cands if self._allowed(c) and not any(c.matches(o) for o in objs)
+                 and (self.size_words or c.size is None)]
         if not cands:
             return None
         return cands[int(rng.integers(len(cands)))]
@@ -362,9 +390,9 @@ class SyntheticSource:
         colours = {o.colour for o in objs}
         shapes = {o.shape for o in objs}
         for _ in range(20):
-            c = Concept(int(rng.integers(2)) if rng.random() < 0.3 else None,
-                        int(rng.integers(len(COLOURS))) if rng.random() < 0.75 else None,
-                        int(rng.integers(len(SHAPES))) if rng.random() < 0.75 else None)
+            c = Concept(self._size_word(rng),
+                        self._any_colour(rng) if rng.random() < 0.75 else None,
+                        self._any_shape(rng) if rng.random() < 0.75 else None)
             absent = (c.colour is not None and c.colour not in colours) or (c.shape is not None and c.shape not in shapes)
             if absent and self._allowed(c):
                 return c
@@ -378,7 +406,7 @@ class SyntheticSource:
         forced: Optional[Concept] = None
         if held_query:
             co, sh = sorted(self._held)[int(rng.integers(len(self._held)))]
-            forced = Concept(int(rng.integers(2)) if rng.random() < 0.3 else None, co, sh)
+            forced = Concept(self._size_word(rng), co, sh)
         for _ in range(50):  # (an image whose objects all hide each other is drawn again)
             objs = self._objects(rng, must=forced if positive else None, forbid=None if positive else forced)
             objs, vis = _visible_only(objs, S, self._min_pixels)
@@ -403,7 +431,7 @@ class SyntheticSource:
             if concept is None:
                 concept = self._sample_easy_negative(rng, objs)
             if concept is None:  # an unusual image where everything allowed is present: any absent concept
-                concept = next(Concept(None, co, sh) for co in range(len(COLOURS)) for sh in range(len(SHAPES))
+                concept = next(Concept(None, co, sh) for co in self._colour_ids.tolist() for sh in self._shape_ids.tolist()
                                if self._allowed(Concept(None, co, sh))
                                and not any(Concept(None, co, sh).matches(o) for o in objs))
         image, vis = render_objects(objs, S, rng, noise=self.noise, clutter=self.clutter)

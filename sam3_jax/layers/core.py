@@ -74,6 +74,30 @@ def Dense(
     )
 
 
+class PointwiseConv(nn.Module):
+    """A 1x1 convolution (stride 1, no padding) computed as a matmul over the channels.
+
+    Same params as `nn.Conv` with a (1, 1) kernel (`kernel` (1, 1, in, out), `bias` (out,)), same
+    result up to summation order; but XLA:CPU runs a matmul and its weight gradient several times
+    faster than the equivalent convolution (a 1x1 conv's kernel gradient at 16x32x32x64: 36 ms as a
+    convolution, 8 ms as a matmul, on a 2-core AVX2 CPU)."""
+
+    features: int
+    use_bias: bool = True
+    dtype: Dtype | None = None
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        kernel = self.param("kernel", P.with_axes(default_kernel_init, (None, None, P.CONV_IN, P.CONV_OUT)),
+                            (1, 1, x.shape[-1], self.features), self.param_dtype)
+        bias = (self.param("bias", P.with_axes(zeros, (P.CONV_OUT,)), (self.features,), self.param_dtype)
+                if self.use_bias else None)
+        x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+        y = jnp.einsum("...c,co->...o", x, kernel[0, 0])
+        return y + bias if bias is not None else y
+
+
 def Conv(
     features: int,
     kernel_size: int,
@@ -84,9 +108,12 @@ def Conv(
     dtype: Dtype | None = None,
     param_dtype: Dtype = jnp.float32,
     name: str | None = None,
-) -> nn.Conv:
-    """2D convolution on NHWC input, torch-style explicit padding, kernel (kh, kw, in, out)."""
+) -> nn.Module:
+    """2D convolution on NHWC input, torch-style explicit padding, kernel (kh, kw, in, out).
+    A 1x1 kernel with stride 1 and no padding is a `PointwiseConv` (a matmul, same params)."""
     k, p = kernel_size, padding
+    if k == 1 and stride == 1 and p == 0:
+        return PointwiseConv(features, use_bias=use_bias, dtype=dtype, param_dtype=param_dtype, name=name)
     return nn.Conv(
         features,
         kernel_size=(k, k),
@@ -169,5 +196,5 @@ def shape_tree(tree: Any) -> Any:
 
 
 __all__: Sequence[str] = [
-    "gelu", "LayerNorm", "Dense", "Conv", "ConvTranspose", "max_pool_2x2", "Mlp", "count_params",
+    "gelu", "LayerNorm", "Dense", "Conv", "PointwiseConv", "ConvTranspose", "max_pool_2x2", "Mlp", "count_params",
 ]
