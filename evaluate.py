@@ -12,9 +12,9 @@ report.png (and predictions.json in checkpoint mode). Exit status 1 on bad input
 
 from absl import flags
 
-from sam3_jax.eval import run as _run
+import sam3_jax.eval.__main__ as _cli
 
-flags.adopt_module_key_flags(_run)
+flags.adopt_module_key_flags(_cli)
 
 if __name__ == "__main__":
-    _run.run()
+    _cli.run()

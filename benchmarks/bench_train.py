@@ -102,7 +102,8 @@ def build(variant: str, batch: int, dtype: str, remat: str, attention: str | Non
     from sam3_jax.model.sam3_image import Sam3Image
     from sam3_jax.parallel.mesh import batch_sharding, logical_rules, make_mesh
     from sam3_jax.parallel.state import init_params, init_train_state
-    from sam3_jax.train.loop import _input_specs, flatten_batch, make_loss_fn, mask_size
+    from sam3_jax.train.inputs import flatten_batch, input_specs, mask_size
+    from sam3_jax.train.loop import make_loss_fn
     from sam3_jax.train.optim import make_optimizer, official_defaults
     from sam3_jax.train.step import make_train_step
 
@@ -120,7 +121,7 @@ def build(variant: str, batch: int, dtype: str, remat: str, attention: str | Non
                         shuffle=False, exact_resize=False, context_length=m.text.context_length)
     src = SyntheticSource("val", num_examples=batch, canvas=64, max_instances=8)
     host = flatten_batch(next(make_iterator(src, pc)))
-    params, p_sh = init_params(model, jax.random.key(0), _input_specs(host), mesh, rules)
+    params, p_sh = init_params(model, jax.random.key(0), input_specs(host), mesh, rules)
     tx = make_optimizer(params, ml_collections.ConfigDict(official_defaults()), 10_000)
     state, s_sh = init_train_state(params, p_sh, tx, mesh)
     b_sh = {k: batch_sharding(mesh, v.ndim, rules) for k, v in host.items()}

@@ -16,7 +16,8 @@ are the released fine-tuning recipe's.
 
 import ml_collections
 
-from sam3_jax.config import LOGICAL_AXIS_RULES, data_config, model_config
+from sam3_jax.config import LOGICAL_AXIS_RULES, model_config
+from sam3_jax.train.inputs import data_config
 from sam3_jax.train.loop import loss_config_dict
 from sam3_jax.train.optim import official_defaults
 

@@ -96,48 +96,6 @@ def validate_model_config(c: ml_collections.ConfigDict) -> None:
         raise ValueError("ViT width must be divisible by 4 for the 4x neck branch")
 
 
-def synthetic_options() -> ml_collections.ConfigDict:
-    """The SyntheticSource keyword options a config may set (`--config.data.synthetic.noise=4`), with
-    their defaults; the split, seed, length, canvas and padding sizes come from the data block itself."""
-    import inspect
-
-    from sam3_jax.data.synthetic import SyntheticSource
-
-    skip = {"self", "split", "seed", "num_examples", "canvas", "max_instances", "max_prompt_boxes", "held_out_rate"}
-    params = inspect.signature(SyntheticSource.__init__).parameters
-    return ml_collections.ConfigDict({k: p.default for k, p in params.items() if k not in skip})
-
-
-def data_config(**overrides) -> ml_collections.ConfigDict:
-    """The `data` block of a training config (read by `sam3_jax.train.loop.make_sources`).
-
-    source: synthetic | coco | saco | tfds. The file fields are placeholders, so any of them can be
-    set from the command line (`--config.data.train_annotations=...`).
-    """
-    p = ml_collections.config_dict.placeholder
-    d = ml_collections.ConfigDict(dict(
-        source="synthetic",
-        seed=0,
-        train_batch=16,
-        eval_examples=256,  # validation keeps its first N pairs
-        num_workers=0,  # Grain worker processes
-        on_bad_data="raise",  # or "skip": bad records are counted and logged
-        max_instances=8,
-        max_exemplars=2,
-        # synthetic
-        canvas=64,
-        synthetic=synthetic_options(),  # further SyntheticSource options (sampling rates, objects, rendering)
-        # coco / saco: annotation JSON + image folder per split
-        train_annotations=p(str), train_images=p(str), val_annotations=p(str), val_images=p(str),
-        negatives_per_image=2, p_exemplar=0.0,
-        # tfds: a folder written by sam3_jax.data.tfds_builders, and its split names
-        tfds_dir=p(str), train_split="train", val_split="val",
-        eval_mask_size=p(int),  # non-synthetic sources: evaluation frame side (default 4 x patch grid)
-    ))
-    d.update(overrides)
-    return d
-
-
 # Logical axis name -> mesh axis (None = replicated) on the (data, fsdp, tensor) mesh.
 LOGICAL_AXIS_RULES = (
     ("batch", ("data", "fsdp")),

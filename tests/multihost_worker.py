@@ -85,7 +85,7 @@ def main():
         np.savez(os.path.join(args.workdir, "params.npz"), **flat)
         with open(os.path.join(args.workdir, "losses.json"), "w") as f:
             json.dump(losses, f)
-    from sam3_jax.train.loop import Evaluator
+    from sam3_jax.train.evaluator import Evaluator
     from tests.test_multihost import eval_setup
 
     cfg_eval, val = eval_setup(cfg)

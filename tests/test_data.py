@@ -9,8 +9,11 @@ import pytest
 from PIL import Image
 
 from sam3_jax.data import coco as dcoco
+from sam3_jax.data import saco as dsaco
 from sam3_jax.data import pipeline as dp
-from sam3_jax.data.synthetic import COLOURS, SHAPES, SIZES, SyntheticSource, SyntheticVideoSource, box_from_mask
+from sam3_jax.data import transforms as dt
+from sam3_jax.data.synthetic import COLOURS, SHAPES, SIZES, SyntheticSource, box_from_mask
+from sam3_jax.data.synthetic_video import SyntheticVideoSource
 
 
 def _concept(text):
@@ -170,7 +173,7 @@ def test_synthetic_video():
             assert np.abs(ex["boxes"][0, both, :2] - ex["boxes"][-1, both, :2]).max() > 0
     assert crossings >= 2
     gt = v.veval_gt(range(4))
-    from sam3_jax.eval.io import validate_video_gt
+    from sam3_jax.eval.video_inputs import validate_video_gt
 
     vgt = validate_video_gt(json.loads(json.dumps(gt)), "synthetic")
     assert len(vgt.videos) == 4 and len(gt["video_np_pairs"]) == 4
@@ -178,22 +181,22 @@ def test_synthetic_video():
 
 # --------------------------------------------------------------------------------------------- transforms
 def test_resize_matches_official_processor():
-    from sam3_jax.predict.preprocess import resize_uint8
+    from sam3_jax.formats.image import resize_uint8
 
     img = np.random.default_rng(0).integers(0, 256, (37, 53, 3), dtype=np.uint8)
     for size in [(64, 64), (20, 30), (37, 53)]:
-        np.testing.assert_array_equal(dp.resize_uint8(img, size), resize_uint8(img, size))
-        fast = dp.resize_uint8_fast(img, size).astype(int)
+        np.testing.assert_array_equal(dt.resize_uint8(img, size), resize_uint8(img, size))
+        fast = dt.resize_uint8_fast(img, size).astype(int)
         assert fast.shape == (*size, 3) and np.abs(fast - resize_uint8(img, size)).max() <= 2
     ex = SyntheticSource("val", canvas=64)[0]
-    out = dp.transform_example(ex, 96)
+    out = dt.transform_example(ex, 96)
     np.testing.assert_array_equal(out["image"], resize_uint8(ex["image"], (96, 96)))
     np.testing.assert_allclose(out["boxes"], ex["boxes"], atol=1e-6)
 
 
 def test_augmentation_keeps_masks_boxes_and_pixels_consistent():
     src = SyntheticSource("train", canvas=64)
-    aug = dp.ResizeAugment(96, 96, augment=True, hflip_prob=0.5, scale_range=(0.7, 1.4))
+    aug = dt.ResizeAugment(96, 96, augment=True, hflip_prob=0.5, scale_range=(0.7, 1.4))
     rng = np.random.default_rng(0)
     checked = 0
     for i in range(60):
@@ -222,7 +225,7 @@ def test_augmentation_keeps_masks_boxes_and_pixels_consistent():
 
 def test_flip_is_exact():
     ex = SyntheticSource("val", canvas=64)[3]
-    out = dp.transform_example(ex, 64, window=(0, 0, 64, 64), flip=True)
+    out = dt.transform_example(ex, 64, window=(0, 0, 64, 64), flip=True)
     np.testing.assert_array_equal(out["image"], ex["image"][:, ::-1])
     k = int(ex["num_instances"])
     np.testing.assert_array_equal(out["masks"][:k], ex["masks"][:k, :, ::-1])
@@ -400,11 +403,11 @@ def test_saco_gold_round_trip(tmp_path):
     syn = SyntheticSource("val", canvas=32, max_instances=8)
     exs = [syn[i] for i in range(12)]
     gt = tmp_path / "gold.json"
-    dcoco.write_saco_gold(exs, str(gt), image_dir=str(tmp_path / "img"))
-    from sam3_jax.eval.io import load_image_gt
+    dsaco.write_saco_gold(exs, str(gt), image_dir=str(tmp_path / "img"))
+    from sam3_jax.eval.image_inputs import load_image_gt
 
     assert len(load_image_gt(str(gt))[0].image_ids) == 12
-    src = dcoco.SacoGoldSource(str(gt), str(tmp_path / "img"), max_instances=8)
+    src = dsaco.SacoGoldSource(str(gt), str(tmp_path / "img"), max_instances=8)
     assert len(src) == 12
     for ex, got in zip(exs, (src[i] for i in range(12))):
         assert got["text"] == ex["text"] and int(got["pair_id"]) == int(ex["pair_id"])
@@ -462,29 +465,29 @@ def test_bad_saco_data(tmp_path):
     syn = SyntheticSource("val", canvas=32)
     exs = [syn[i] for i in range(6)]
     gt = tmp_path / "gold.json"
-    data = dcoco.write_saco_gold(exs, str(gt), image_dir=str(tmp_path / "img"))
+    data = dsaco.write_saco_gold(exs, str(gt), image_dir=str(tmp_path / "img"))
     a = data["annotations"][0]
     a["bbox"] = [0.9, 0.1, 0.5, 0.2]
     gt.write_text(json.dumps(data))
     bad_pair = a["image_id"]
     with pytest.raises(dcoco.DataError, match=f"id {bad_pair}"):
-        dcoco.SacoGoldSource(str(gt), str(tmp_path / "img"))
-    src = dcoco.SacoGoldSource(str(gt), str(tmp_path / "img"), on_bad_data="skip")
+        dsaco.SacoGoldSource(str(gt), str(tmp_path / "img"))
+    src = dsaco.SacoGoldSource(str(gt), str(tmp_path / "img"), on_bad_data="skip")
     assert len(src) == 5 and src.skipped == {"box outside the image": 1}
     # a missing image: found on building, or on reading when files are not checked up front
-    dcoco.write_saco_gold(exs, str(gt))
+    dsaco.write_saco_gold(exs, str(gt))
     missing = data["images"][1]["file_name"]
     os.remove(tmp_path / "img" / missing)
     with pytest.raises(dcoco.DataError, match=missing):
-        dcoco.SacoGoldSource(str(gt), str(tmp_path / "img"))
+        dsaco.SacoGoldSource(str(gt), str(tmp_path / "img"))
     with pytest.raises(dcoco.DataError, match=missing):
-        dcoco.SacoGoldSource(str(gt), str(tmp_path / "img"), check_files=False)[1]
-    lazy = dcoco.SacoGoldSource(str(gt), str(tmp_path / "img"), check_files=False, on_bad_data="skip")
+        dsaco.SacoGoldSource(str(gt), str(tmp_path / "img"), check_files=False)[1]
+    lazy = dsaco.SacoGoldSource(str(gt), str(tmp_path / "img"), check_files=False, on_bad_data="skip")
     assert lazy[1] is None and lazy[2] is not None and lazy.skipped == {"unreadable image": 1}
-    assert len(dcoco.SacoGoldSource(str(gt), str(tmp_path / "img"), on_bad_data="skip")) == 5
+    assert len(dsaco.SacoGoldSource(str(gt), str(tmp_path / "img"), on_bad_data="skip")) == 5
     (tmp_path / "broken.json").write_text("{not json")
     with pytest.raises(dcoco.DataError, match="broken.json"):
-        dcoco.SacoGoldSource(str(tmp_path / "broken.json"), str(tmp_path), on_bad_data="skip")
+        dsaco.SacoGoldSource(str(tmp_path / "broken.json"), str(tmp_path), on_bad_data="skip")
 
 
 def test_worker_error_is_reported(tmp_path):
@@ -547,7 +550,7 @@ def _synthetic_cfg():
 
 
 def test_train_sources_from_the_config(tmp_path):
-    from sam3_jax.train.loop import make_sources
+    from sam3_jax.train.inputs import make_sources
 
     cfg = _synthetic_cfg()
     cfg.data.synthetic = {"max_objects": 3, "clutter": False}
@@ -577,7 +580,7 @@ def test_train_sources_from_the_config(tmp_path):
 def test_scoring_happens_in_the_evaluation_mask_frame(tmp_path):
     """COCO images of several sizes are evaluated in the square frame of the batch masks: predictions
     equal to the GT there score cgF1 100; dropping them scores 0."""
-    from sam3_jax.train.loop import score_rows
+    from sam3_jax.train.evaluator import score_rows
 
     path, img_dir, _ = _make_coco(tmp_path)
     src = dcoco.CocoSource(str(path), str(img_dir), negatives_per_image=None, max_instances=4)

@@ -15,15 +15,16 @@ import pytest
 from sam3_jax.eval import (
     EvalInputError,
     coco_ap,
-    encode_mask,
     evaluate_image,
     image_prediction_records,
     load_image_gt,
     load_image_predictions,
     write_predictions,
 )
+from sam3_jax.formats.masks import encode_mask
 from sam3_jax.eval.cgf1 import RunSet, box_iou_pairs, mask_iou_pairs, select_best
-from sam3_jax.eval.io import rle_counts, validate_image_gt, validate_image_predictions
+from sam3_jax.eval.image_inputs import validate_image_gt, validate_image_predictions
+from sam3_jax.formats.masks import rle_counts
 
 BACKENDS = ("pycocotools", "numpy")
 # pycocotools' numpy-2 copy warning and the official scorer's 0/0 divisions

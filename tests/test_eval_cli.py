@@ -9,7 +9,7 @@ import subprocess
 import numpy as np
 import pytest
 
-from sam3_jax.eval import encode_mask
+from sam3_jax.formats.masks import encode_mask
 
 H, W = 30, 40
 
@@ -63,7 +63,7 @@ def image_set(tmp_path_factory):
 def test_score_saved_image_predictions(repo_root, python, image_set, tmp_path):
     from PIL import Image
 
-    from sam3_jax.eval.run import evaluate_image_set
+    from sam3_jax.eval.score_sets import evaluate_image_set
 
     paths, _, _ = image_set
     out = tmp_path / "out"
@@ -155,7 +155,7 @@ def test_checkpoint_mode_predicts_then_scores(repo_root, python, image_set, tmp_
 
     from sam3_jax.convert import convert_image_model, load_state_dict
     from sam3_jax.convert.checkpoint import build_manifest, save_converted
-    from sam3_jax.eval.run import evaluate_image_set
+    from sam3_jax.eval.score_sets import evaluate_image_set
     from sam3_jax.parity import oracle
 
     model = oracle.random_image_model(tiny_cfg, seed=3)

@@ -13,9 +13,11 @@ import os
 import numpy as np
 import pytest
 
-from sam3_jax.eval import EvalInputError, encode_mask, evaluate_phota, evaluate_video, evaluate_video_cgf1
-from sam3_jax.eval.io import load_video_gt, validate_video_gt, validate_video_predictions, video_prediction_record
-from sam3_jax.eval.video import hota_sequence
+from sam3_jax.formats.masks import encode_mask
+from sam3_jax.eval import EvalInputError, evaluate_phota, evaluate_video, evaluate_video_cgf1
+from sam3_jax.eval.prediction_writers import video_prediction_record
+from sam3_jax.eval.video_inputs import load_video_gt, validate_video_gt, validate_video_predictions
+from sam3_jax.eval.phota import hota_sequence
 
 H, W = 12, 16
 # pycocotools' numpy-2 copy warning and the official scorer's 0/0 divisions

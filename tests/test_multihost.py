@@ -21,7 +21,7 @@ from tests.test_sharding import B, mesh_test_config
 
 def eval_setup(cfg):
     """The experiment config plus a data block for the Evaluator, and 11 synthetic validation pairs."""
-    from sam3_jax.config import data_config
+    from sam3_jax.train.inputs import data_config
     from sam3_jax.data.synthetic import SyntheticSource
 
     cfg = cfg.copy_and_resolve_references()
@@ -90,7 +90,7 @@ def test_two_process_evaluation_equals_one_process(two_process_run):
     """The evaluation inside train.py on 2 processes (each reading its own padded shard) gathers the
     same predictions, in the same order, as one process evaluating the restored params alone."""
     from sam3_jax.model.sam3_image import Sam3Image
-    from sam3_jax.train.loop import Evaluator
+    from sam3_jax.train.evaluator import Evaluator
 
     cfg = mesh_test_config()
     mesh = make_mesh(ml_collections.ConfigDict(dict(data=1, fsdp=1, tensor=1)), jax.devices()[:1])

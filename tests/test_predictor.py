@@ -9,7 +9,7 @@ import pytest
 
 pytest.importorskip("sam3")
 
-from sam3_jax.predict.masks import rle_decode  # noqa: E402
+from sam3_jax.formats.masks import rle_decode  # noqa: E402
 
 
 @pytest.fixture(scope="module")

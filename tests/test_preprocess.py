@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from sam3_jax.predict.masks import rle_decode, rle_encode
-from sam3_jax.predict.preprocess import preprocess, resize_uint8, to_uint8_rgb
+from sam3_jax.formats.masks import rle_decode, rle_encode
+from sam3_jax.formats.image import preprocess, resize_uint8, to_uint8_rgb
 
 
 def _images():

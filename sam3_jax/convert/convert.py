@@ -18,13 +18,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from sam3_jax.convert.layouts import LeafMap
-from sam3_jax.convert.rules import (
-    PENDING_FOR_BACKBONE,
-    PENDING_FOR_IMAGE_MODEL,
-    Rule,
-    backbone_rules,
-    image_model_rules,
-)
+from sam3_jax.convert.rule import Rule
+from sam3_jax.convert.rules import PENDING_FOR_BACKBONE, PENDING_FOR_IMAGE_MODEL, backbone_rules, image_model_rules
 
 
 class ConversionError(ValueError):

@@ -9,7 +9,7 @@ leading axis of the scanned `encode` module. 76 tensors at the released sizes
 from __future__ import annotations
 
 from sam3_jax.convert.layouts import CONV, DENSE, EMBED, LAYERNORM, TORCH_MHA
-from sam3_jax.convert.rules import Rule
+from sam3_jax.convert.rule import Rule
 
 _TOP = (
     ("label_embed", EMBED),

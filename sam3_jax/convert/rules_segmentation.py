@@ -16,7 +16,7 @@ scanned stack); the third stage is never used by the official forward but is car
 from __future__ import annotations
 
 from sam3_jax.convert.layouts import CONV, LAYERNORM, TORCH_MHA, Layout
-from sam3_jax.convert.rules import Rule
+from sam3_jax.convert.rule import Rule
 from sam3_jax.convert.rules_transformer import mlp_rules
 
 # torch nn.GroupNorm holds weight/bias exactly like nn.LayerNorm; Flax calls them scale/bias.

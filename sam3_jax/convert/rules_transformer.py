@@ -8,7 +8,7 @@ axis), MLPs as `<mlp>/layers/<k>` (+ `<mlp>/out_norm`), embeddings as `nn.Embed`
 from __future__ import annotations
 
 from sam3_jax.convert.layouts import DENSE, EMBED, LAYERNORM, TORCH_MHA
-from sam3_jax.convert.rules import Rule
+from sam3_jax.convert.rule import Rule
 
 
 def mlp_rules(src: str, dst: str, num_layers: int, *, out_norm: bool = False) -> list[Rule]:

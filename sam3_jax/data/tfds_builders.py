@@ -36,8 +36,11 @@ from typing import Any, Iterator, Mapping, Optional
 import numpy as np
 import tensorflow_datasets as tfds
 
-from sam3_jax.data.coco import CocoSource, SacoGoldSource, _decode_rles, _pad_example
+from sam3_jax.data.coco import CocoSource
+from sam3_jax.data.records import pad_example
+from sam3_jax.data.saco import SacoGoldSource
 from sam3_jax.data.synthetic import SyntheticSource
+from sam3_jax.formats.masks import decode_rles, encode_mask
 
 __all__ = ["Sam3SyntheticPcs", "Sam3CocoPcs", "Sam3SacoPcs", "TfdsPairSource", "pair_features", "build"]
 
@@ -73,8 +76,6 @@ def _png_bytes(image: np.ndarray) -> bytes:
 
 def _example_record(ex: dict) -> dict:
     """An example dict (synthetic) -> a record: PNG image, RLE masks."""
-    from sam3_jax.eval.io import encode_mask
-
     k = np.flatnonzero(ex["valid"])
     pk = np.flatnonzero(~ex["prompt_mask"])
     return {
@@ -96,7 +97,7 @@ def _example_record(ex: dict) -> dict:
 
 def _file_record(src, index: int) -> Optional[dict]:
     """A COCO / SA-Co pair -> a record with the image file's own bytes (no re-encoding)."""
-    from sam3_jax.data.coco import DataError
+    from sam3_jax.data.records import DataError
 
     try:
         rec = src.record(index)
@@ -118,7 +119,7 @@ def _file_record(src, index: int) -> Optional[dict]:
                 raise ValueError(f"is {im.height}x{im.width} (HxW), the annotations say "
                                  f"{rec['height']}x{rec['width']}")
             if im.mode != "RGB":  # tfds' Image(shape=(None, None, 3)) needs 3 channels: re-encode
-                from sam3_jax.data.coco import load_rgb
+                from sam3_jax.data.records import load_rgb
 
                 data = _png_bytes(load_rgb(path))
     except Exception as e:  # noqa: BLE001 - any decoder failure is bad data
@@ -272,9 +273,9 @@ class TfdsPairSource:
         dec = lambda s: s.decode("utf-8") if isinstance(s, bytes) else str(s)  # noqa: E731
         rles = [{"size": [h, w], "counts": dec(c)} for c in r["rles"]]
         boxes = np.asarray(r["boxes"], np.float32).reshape(-1, 4)[: self.max_instances]
-        masks = _decode_rles(rles[: self.max_instances], h, w)
+        masks = decode_rles(rles[: self.max_instances], h, w)
         xywh = np.stack([boxes[:, 0] - boxes[:, 2] / 2, boxes[:, 1] - boxes[:, 3] / 2, boxes[:, 2], boxes[:, 3]], 1)
-        ex = _pad_example(image, dec(r["text"]), xywh, masks, bool(r["is_exhaustive"]) and len(rles) <= self.max_instances,
+        ex = pad_example(image, dec(r["text"]), xywh, masks, bool(r["is_exhaustive"]) and len(rles) <= self.max_instances,
                           self.max_instances, self.max_prompt_boxes, int(r["pair_id"]),
                           {"file_name": dec(r["file_name"])})
         pb = np.asarray(r["prompt_boxes"], np.float32).reshape(-1, 4)[: self.max_prompt_boxes]

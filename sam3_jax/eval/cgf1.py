@@ -34,7 +34,9 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from sam3_jax.eval.io import EvalInputError, ImageGT, gc_paused, rle_counts
+from sam3_jax.eval.image_inputs import ImageGT
+from sam3_jax.eval.input_checks import EvalInputError, gc_paused, mask_errors_as_input_errors
+from sam3_jax.formats.masks import rle_counts
 
 IOU_THRESHOLDS = np.linspace(0.5, 0.95, int(np.round((0.95 - 0.5) / 0.05)) + 1, endpoint=True)
 SCORE_THRESHOLD = 0.5
@@ -73,7 +75,8 @@ class RunSet:
         if hw is None:
             hw = np.array([int(r["size"][0]) * int(r["size"][1]) for r in rles], dtype=np.int64)
         hw = np.asarray(hw, dtype=np.int64).reshape(n)
-        counts, ptr = rle_counts(rles, where, hw)
+        with mask_errors_as_input_errors():
+            counts, ptr = rle_counts(rles, where, hw)
         self.offset = np.concatenate([[0], np.cumsum(hw)[:-1]]).astype(np.int64) if n else np.zeros(0, np.int64)
         cum = np.cumsum(counts)
         nper = np.diff(ptr)

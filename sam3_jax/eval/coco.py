@@ -15,7 +15,8 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from sam3_jax.eval.io import EvalInputError, ImageGT
+from sam3_jax.eval.image_inputs import ImageGT
+from sam3_jax.eval.input_checks import EvalInputError
 
 STAT_NAMES = ["AP", "AP50", "AP75", "AP_small", "AP_medium", "AP_large",
               "AR1", "AR10", "AR100", "AR_small", "AR_medium", "AR_large"]

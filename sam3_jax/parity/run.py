@@ -70,7 +70,7 @@ def sample_images(image_size: int, batch: int, seed: int) -> tuple[np.ndarray, l
     """Real photos (scikit-image's bundled astronaut / chelsea / coffee) preprocessed exactly like the
     official processor (square squash with torchvision's uint8 resize, (x/255 - 0.5) / 0.5). Seeded
     noise images are used only if scikit-image is not installed."""
-    from sam3_jax.predict.preprocess import preprocess
+    from sam3_jax.formats.image import preprocess
 
     try:
         import skimage.data as sk

@@ -38,7 +38,8 @@ def main(argv) -> int:
     import numpy as np
     from PIL import Image
 
-    from sam3_jax.predict.masks import overlay, rle_encode
+    from sam3_jax.formats.masks import rle_encode
+    from sam3_jax.predict.overlay import overlay
     from sam3_jax.predict.predictor import Sam3ImagePredictor
 
     try:

@@ -22,9 +22,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from sam3_jax.formats.image import preprocess, to_uint8_rgb
 from sam3_jax.layers.resize import resize_bilinear
 from sam3_jax.model.tokenizer import ClipTokenizer
-from sam3_jax.predict.preprocess import preprocess, to_uint8_rgb
 
 VISUAL_PROMPT_TEXT = "visual"  # what the official processor encodes when only boxes are given
 

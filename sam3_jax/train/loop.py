@@ -25,14 +25,12 @@ import time
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import jax
-import jax.numpy as jnp
-import numpy as np
 
 from sam3_jax.model.init import official_init
 from sam3_jax.model.sam3_image import Sam3Image
 from sam3_jax.parallel import checkpoint as ckpt
 from sam3_jax.parallel.distributed import is_main_process
-from sam3_jax.parallel.mesh import activate, batch_sharding, logical_rules, make_mesh
+from sam3_jax.parallel.mesh import batch_sharding, logical_rules, make_mesh
 from sam3_jax.parallel.state import (
     abstract_params_and_shardings,
     abstract_train_state,
@@ -42,122 +40,21 @@ from sam3_jax.parallel.state import (
     place_params,
     train_state_shardings,
 )
+from sam3_jax.train.evaluator import Evaluator
+from sam3_jax.train.inputs import (
+    TARGET_PREFIX,
+    flatten_batch,
+    global_batch,
+    input_specs,
+    make_sources,
+    pipeline_config,
+)
 from sam3_jax.train.losses import LossConfig, compute_num_boxes, sam3_loss
 from sam3_jax.train.optim import make_optimizer
 from sam3_jax.train.step import make_train_step
 
 if TYPE_CHECKING:
     import ml_collections
-
-TARGET_PREFIX = "tgt_"
-
-
-SOURCES = ("synthetic", "coco", "saco", "tfds")
-
-
-class Head:
-    """The first `n` examples of a source (a fixed evaluation subset); picklable like its source."""
-
-    def __init__(self, source, n: Optional[int]):
-        self.source, self.n = source, len(source) if not n else min(int(n), len(source))
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __getitem__(self, index: int) -> dict:
-        if not 0 <= int(index) < self.n:
-            raise IndexError(f"index {index} out of range for the first {self.n} of {self.source!r}")
-        return self.source[index]
-
-    def __repr__(self) -> str:
-        return f"Head({self.source!r}, {self.n})"
-
-
-def _need(d, *names: str) -> None:
-    missing = [n for n in names if not d.get(n)]
-    if missing:
-        raise ValueError(f"data.source={d.source!r} needs " + ", ".join(f"--config.data.{n}" for n in missing))
-
-
-def make_sources(cfg) -> tuple[Any, Any, Any]:
-    """(train, validation, held-out) sources of the configured kind; held-out is None where the data has
-    no held-out concepts (the synthetic source's held-out colour-shape combinations).
-
-    data.source:
-      synthetic: the procedural source (`data.synthetic` holds further SyntheticSource options);
-      coco:      COCO instances JSON + image folder: data.train_annotations / train_images,
-                 data.val_annotations / val_images (negatives_per_image, p_exemplar optional);
-      saco:      SA-Co/Gold-style JSON + image folder, the same four fields;
-      tfds:      ArrayRecord splits built by sam3_jax.data.tfds_builders: data.tfds_dir (the builder's
-                 data_dir with dataset_info.json), data.train_split, data.val_split.
-    Validation keeps its first data.eval_examples pairs. Bad records follow data.on_bad_data.
-    """
-    d = cfg.data
-    if d.source not in SOURCES:
-        raise ValueError(f"unknown data.source {d.source!r}; expected one of {SOURCES}")
-    pad = dict(max_instances=d.max_instances, max_prompt_boxes=d.max_exemplars)
-    if d.source == "synthetic":
-        from sam3_jax.data.synthetic import SyntheticSource
-
-        kw = dict(seed=d.seed, canvas=d.canvas, **pad)
-        extra = d.get("synthetic", None) or {}  # further SyntheticSource options (sampling rates, objects)
-        kw.update(extra.to_dict() if hasattr(extra, "to_dict") else dict(extra))
-        train = SyntheticSource("train", **kw)
-        val = SyntheticSource("val", num_examples=d.eval_examples, held_out_rate=0.0, **kw)
-        held = SyntheticSource("test", num_examples=d.eval_examples, held_out_rate=1.0, **kw)
-        return train, val, held
-    if d.source in ("coco", "saco"):
-        from sam3_jax.data.coco import CocoSource, SacoGoldSource
-
-        _need(d, "train_annotations", "train_images", "val_annotations", "val_images")
-        kw = dict(seed=d.seed, on_bad_data=d.get("on_bad_data", "raise"), p_exemplar=d.get("p_exemplar", 0.0), **pad)
-        if d.source == "coco":
-            cls = CocoSource
-            kw["negatives_per_image"] = d.get("negatives_per_image", 2)
-        else:
-            cls = SacoGoldSource
-        train = cls(d.train_annotations, d.train_images, **kw)
-        val = cls(d.val_annotations, d.val_images, **kw)
-    else:
-        from sam3_jax.data.tfds_builders import TfdsPairSource
-
-        _need(d, "tfds_dir", "train_split", "val_split")
-        train = TfdsPairSource(d.tfds_dir, d.train_split, **pad)
-        val = TfdsPairSource(d.tfds_dir, d.val_split, **pad)
-    if len(train) == 0:
-        raise ValueError(f"the training source {train!r} holds no examples")
-    return train, Head(val, d.eval_examples), None
-
-
-def eval_mask_size(cfg) -> int:
-    """Side of the square frame evaluation happens in: the synthetic canvas (its native size), else
-    data.eval_mask_size (default 4 x the patch grid, the mask head's own resolution)."""
-    if cfg.data.source == "synthetic":
-        return cfg.data.canvas
-    return int(cfg.data.get("eval_mask_size", None) or mask_size(cfg.model))
-
-
-def mask_size(model_cfg) -> int:
-    return 4 * (model_cfg.image_size // model_cfg.vit.patch_size)
-
-
-def _pipeline_cfg(cfg, *, train: bool, batch: int):
-    from sam3_jax.data.pipeline import PipelineConfig
-
-    m = cfg.model
-    if train:
-        return PipelineConfig(resolution=m.image_size, mask_size=mask_size(m), batch_size=batch, seed=cfg.data.seed,
-                              worker_count=cfg.data.num_workers, context_length=m.text.context_length)
-    return PipelineConfig.for_eval(m.image_size, batch, mask_size=eval_mask_size(cfg),
-                                   context_length=m.text.context_length)
-
-
-def flatten_batch(batch: dict) -> dict:
-    """Pipeline batch -> one dict: the model inputs plus the loss targets under `tgt_` keys."""
-    from sam3_jax.data.pipeline import to_model_batch
-
-    inputs, targets = to_model_batch(batch)
-    return {**inputs, **{TARGET_PREFIX + k: v for k, v in targets.items()}}
 
 
 def loss_config(loss_cfg) -> LossConfig:
@@ -195,12 +92,6 @@ def make_loss_fn(loss_cfg) -> Callable:
         return total, out
 
     return loss_fn
-
-
-def _input_specs(batch: dict) -> list:
-    from sam3_jax.train.step import MODEL_INPUTS
-
-    return [jax.ShapeDtypeStruct(batch[k].shape, batch[k].dtype) for k in MODEL_INPUTS]
 
 
 class _Logger:
@@ -261,12 +152,12 @@ def train(cfg, workdir: str, *, init_from: Optional[str] = None, log: Callable[[
     if cfg.data.train_batch % n_proc:
         raise ValueError(f"train_batch {cfg.data.train_batch} is not divisible by {n_proc} processes")
     train_src, val_src, held_src = make_sources(cfg)
-    it = make_iterator(train_src, _pipeline_cfg(cfg, train=True, batch=cfg.data.train_batch // n_proc),
+    it = make_iterator(train_src, pipeline_config(cfg, train=True, batch=cfg.data.train_batch // n_proc),
                        process_index=jax.process_index(), process_count=n_proc)
     it_start = it.get_state()
     first = flatten_batch(next(it))  # only for the shapes: the iterator is rewound to it_start below
 
-    specs = _input_specs(first)
+    specs = input_specs(first)
     ckpt_dir = os.path.join(workdir, "checkpoints")
     resume = ckpt.latest_step(ckpt_dir) is not None
     if resume:  # the checkpoint replaces every param and the optimizer state: draw and load nothing
@@ -303,7 +194,7 @@ def train(cfg, workdir: str, *, init_from: Optional[str] = None, log: Callable[[
     try:
         while step < t.steps:
             batch = flatten_batch(next(it))
-            gbatch = _global_batch(batch, b_sh)
+            gbatch = global_batch(batch, b_sh)
             state, metrics = step_fn(state, gbatch)
             step += 1
             bar.update(1)
@@ -337,12 +228,6 @@ def train(cfg, workdir: str, *, init_from: Optional[str] = None, log: Callable[[
     return summary
 
 
-def _global_batch(batch: dict, shardings: dict) -> dict:
-    if jax.process_count() == 1:
-        return {k: jax.device_put(v, shardings[k]) for k, v in batch.items()}
-    return {k: jax.make_array_from_process_local_data(shardings[k], v) for k, v in batch.items()}
-
-
 def _load_init(init_from: str, cfg, p_sh) -> Any:
     """Params of a converted checkpoint (convert_weights.py), checked against the model config."""
     import ml_collections
@@ -361,147 +246,3 @@ def _load_init(init_from: str, cfg, p_sh) -> Any:
         )
     params, _ = load_converted(init_from, target)
     return place_params(jax.device_get(params), p_sh)
-
-
-class Evaluator:
-    """cgF1 (+ IL_MCC, pmF1) of the model on fixed validation sources, at the source image size.
-
-    Multi-host: every process reads its own shard of each source (padded to one length), the forward
-    runs on the global batch, and predictions plus the GT needed for scoring are gathered to every
-    process in global row order; so all processes return the same metrics. Pictures are drawn by
-    process 0 from its own rows."""
-
-    def __init__(self, model, cfg, mesh, rules, p_sh, sources, batch: int = 16):
-        from sam3_jax.train.step import MODEL_INPUTS
-
-        self.model, self.cfg, self.mesh, self.rules, self.sources = model, cfg, mesh, rules, sources
-        self.inputs = MODEL_INPUTS
-        n = jax.process_count()
-        shards = int(np.prod([mesh.shape[a] for a in batch_sharding(mesh, 1, rules).spec[0] or ()]))
-        self.batch = batch  # per process; the global batch must split evenly over the batch shards
-        while (self.batch * n) % shards:
-            self.batch += 1
-
-        def fwd(params, images, tokens, boxes, box_labels, box_mask):
-            out = model.apply({"params": params}, images, tokens, boxes, box_labels, box_mask)
-            scores = jax.nn.sigmoid(out["pred_logits"][..., 0]) * jax.nn.sigmoid(out["presence_logit_dec"])
-            return scores, out["pred_boxes_xyxy"], out["pred_masks"]
-
-        self._fwd = jax.jit(fwd)
-
-    def _batch_sharding(self, x) -> Any:
-        return batch_sharding(self.mesh, np.ndim(x), self.rules)
-
-    def _forward(self, params, inputs: dict):
-        """(scores, boxes, mask logits) of a process-local batch of model inputs, on the global batch."""
-        g = _global_batch(inputs, {name: self._batch_sharding(v) for name, v in inputs.items()})
-        with activate(self.mesh, self.rules):
-            return self._fwd(params, *(g[name] for name in self.inputs))
-
-    def predict(self, params, src) -> tuple[list, list]:
-        """(rows over the whole source in global order, this process's own rows); a row is
-        (batch, index, scores (Q,), boxes (Q, 4) xyxy normalised, mask logits (Q, h, w))."""
-        from jax.experimental import multihost_utils
-
-        from sam3_jax.data.pipeline import close_iterator, make_iterator
-
-        n, pid = jax.process_count(), jax.process_index()
-        it = make_iterator(src, _pipeline_cfg(self.cfg, train=False, batch=self.batch),
-                           process_index=pid, process_count=n)
-        rows, local = [], []
-        for b in it:
-            flat = flatten_batch(b)
-            inputs = {name: flat[name] for name in self.inputs}
-            if n == 1:
-                scores, boxes, masks = (np.asarray(x) for x in jax.device_get(self._forward(params, inputs)))
-                mine = [(b, i, scores[i], boxes[i], masks[i]) for i in np.flatnonzero(np.asarray(b["row_valid"]))]
-                rows += mine
-                local += mine
-                continue
-            # Multi-host: the GT the scoring reads rides along as global arrays, so that one gather
-            # puts predictions and GT in the same global row order on every process.
-            k = len(b["row_valid"])
-            host = {"masks": b["masks"], "valid": b["valid"], "row_valid": b["row_valid"],
-                    "pair_id": np.asarray(b["pair_id"], np.int32), "origin": pid * k + np.arange(k, dtype=np.int32)}
-            g = _global_batch(host, {name: self._batch_sharding(v) for name, v in host.items()})
-            out, g = multihost_utils.process_allgather((self._forward(params, inputs), g), tiled=True)
-            g["text"] = np.asarray([f"pair {int(p)}" for p in g["pair_id"]])
-            scores, boxes, masks = (np.asarray(x) for x in out)
-            rows += [(g, i, scores[i], boxes[i], masks[i]) for i in np.flatnonzero(np.asarray(g["row_valid"]))]
-            where = {int(o): j for j, o in enumerate(np.asarray(g["origin"]))}
-            local += [(b, i, scores[where[pid * k + i]], boxes[where[pid * k + i]], masks[where[pid * k + i]])
-                      for i in np.flatnonzero(np.asarray(b["row_valid"]))]
-        close_iterator(it)
-        return rows, local
-
-    def __call__(self, params, pictures: int = 0, picture_dir: Optional[str] = None) -> dict:
-        out = {}
-        for name, src in zip(("val", "held_out"), self.sources):
-            if src is None:
-                continue
-            rows, local = self.predict(params, src)
-            metrics = score_rows(rows)
-            out.update({f"{name}/{k}": v for k, v in metrics.items()})
-            if pictures and picture_dir and name == "val" and is_main_process():
-                save_pictures(local[:pictures], picture_dir)
-        return out
-
-
-def _upsample_logits(masks: np.ndarray, size: int) -> np.ndarray:
-    from sam3_jax.layers.resize import resize_bilinear
-
-    return np.asarray(resize_bilinear(jnp.asarray(masks)[..., None], (size, size)))[..., 0]
-
-
-def score_rows(rows) -> dict:
-    """SA-Co metrics of (batch, row, scores, boxes, mask logits) tuples (official scorer semantics), in the
-    frame of the batch's GT masks (the source image squashed to the evaluation mask size)."""
-    from sam3_jax.eval import evaluate_image
-    from sam3_jax.eval.io import encode_mask, image_prediction_records, validate_image_gt, validate_image_predictions
-
-    images, anns, preds = [], [], []
-    for pid, (b, i, scores, boxes, masks) in enumerate(rows):
-        h, w = b["masks"].shape[-2:]
-        images.append({"id": pid, "height": h, "width": w, "file_name": f"{pid}.png", "text_input": str(b["text"][i]),
-                       "is_instance_exhaustive": 1})
-        for m in np.flatnonzero(b["valid"][i]):
-            mk = np.asarray(b["masks"][i][m], bool)
-            ys, xs = np.nonzero(mk)
-            if len(xs) == 0:
-                continue
-            bbox = [xs.min() / w, ys.min() / h, (xs.max() + 1 - xs.min()) / w, (ys.max() + 1 - ys.min()) / h]
-            anns.append({"id": len(anns) + 1, "image_id": pid, "category_id": 1, "iscrowd": 0,
-                         "segmentation": encode_mask(mk), "bbox": [float(v) for v in bbox],
-                         "area": float(mk.sum()) / (h * w)})
-        keep = np.flatnonzero(scores >= 0.5)
-        if len(keep):
-            up = _upsample_logits(masks[keep], h) > 0
-            preds += image_prediction_records(pid, up, boxes[keep] * np.array([w, h, w, h]), scores[keep], h, w)
-    gt = validate_image_gt({"images": images, "annotations": anns, "categories": [{"id": 1, "name": "object"}]},
-                           "validation")
-    res = evaluate_image([gt], validate_image_predictions(preds, gt, "validation predictions"), "segm")["metrics"]
-    # cgF1 in percent (100 x pmF1 x IL_MCC, the paper's convention); IL_MCC and pmF1 as fractions.
-    pick = {"cgF1": ("cgF1", 100), "cgF1@0.5": ("cgF1@0.5", 100), "IL_MCC": ("IL_MCC", 1),
-            "pmF1": ("positive_micro_F1", 1)}
-    return {k: float(res[f"cgF1_eval_segm_{name}"]) * scale for k, (name, scale) in pick.items()}
-
-
-def save_pictures(rows, directory: str, min_shown: int = 3) -> None:
-    """Predictions drawn on validation images: every query scoring >= 0.5, or at least the top
-    `min_shown` (so an undertrained model still shows what it finds), with the phrase on top."""
-    from PIL import Image, ImageDraw
-
-    from sam3_jax.predict.masks import overlay
-
-    os.makedirs(directory, exist_ok=True)
-    for n, (b, i, scores, boxes, masks) in enumerate(rows):
-        side = 4 * int(b["masks"].shape[-1])
-        src = np.asarray(Image.fromarray(np.asarray(b["image"][i])).resize((side, side), Image.BILINEAR))
-        order = np.argsort(-scores)
-        keep = order[: max(int((scores >= 0.5).sum()), min_shown)]
-        up = _upsample_logits(masks[keep], side) > 0
-        pic = overlay(src, up, boxes[keep] * side, scores[keep])
-        canvas = Image.new("RGB", (side, side + 16), (255, 255, 255))
-        canvas.paste(pic, (0, 16))
-        ImageDraw.Draw(canvas).text((2, 2), f'"{b["text"][i]}"  (>= 0.5: {int((scores >= 0.5).sum())})', fill=(0, 0, 0))
-        canvas.save(os.path.join(directory, f"val_{n}_{str(b['text'][i]).replace(' ', '_')}.png"))

@@ -4,7 +4,8 @@ The official processor squashes the uint8 image to a square (no letterbox) with 
 `v2.Resize` on a uint8 tensor, i.e. an antialiased bilinear resize computed in fixed point (int16
 weights, per-pass rounding, horizontal pass first, as in Pillow-SIMD), then scales to [0, 1] and
 normalises with mean = std = 0.5. `resize_uint8` reproduces that arithmetic in numpy on the host, so
-both implementations see bit-identical pixels.
+both implementations see bit-identical pixels; `normalize_images` is the scaling and normalisation,
+shared by `preprocess` (one user image, for the predictor) and the data pipeline (uint8 batches).
 """
 
 from __future__ import annotations
@@ -92,10 +93,14 @@ def to_uint8_rgb(image: Any) -> np.ndarray:
     return np.ascontiguousarray(image)
 
 
+def normalize_images(images: np.ndarray) -> np.ndarray:
+    """uint8 (..., 3) -> float32 ((x / 255 - 0.5) / 0.5), the official processor's arithmetic."""
+    # torchvision's ToDtype(float32, scale=True) multiplies by the float32 value of 1/255.
+    x = np.asarray(images).astype(np.float32) * np.float32(1.0 / 255.0)
+    return ((x - np.float32(MEAN)) / np.float32(STD)).astype(np.float32)
+
+
 def preprocess(image: Any, resolution: int) -> np.ndarray:
     """User image -> (resolution, resolution, 3) float32, normalised ((x/255 - 0.5) / 0.5)."""
     img = to_uint8_rgb(image)
-    resized = resize_uint8(img, (resolution, resolution))
-    # torchvision's ToDtype(float32, scale=True) multiplies by the float32 value of 1/255.
-    x = resized.astype(np.float32) * np.float32(1.0 / 255.0)
-    return ((x - np.float32(MEAN)) / np.float32(STD)).astype(np.float32)
+    return normalize_images(resize_uint8(img, (resolution, resolution)))

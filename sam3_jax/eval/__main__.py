@@ -1,4 +1,5 @@
-"""`evaluate.py`: score saved predictions, or run the image predictor over a set and score it.
+"""`evaluate.py` (also `python -m sam3_jax.eval`): score saved predictions, or run the image predictor
+over a set and score it.
 
     evaluate.py --predictions preds.json --gt gold_a.json [--gt gold_b.json --gt gold_c.json] --out OUT/
     evaluate.py --predictions veval_preds.json --gt veval_gt.json --out OUT/          # video: cgF1 + pHOTA
@@ -10,6 +11,9 @@ SA-Co/VEval JSON (recognised by its `videos` list). Prints a table and, with --o
 OUT/report.json (every metric under the official key names, per-threshold curves, counts) and
 OUT/report.png (F1 per IoU threshold, score histogram); in checkpoint mode also
 OUT/predictions.json in the official results format. Exit status 1 on bad input.
+
+An entry module: checkpoint mode runs the predictor (`sam3_jax.predict`), which the evaluation
+package itself never imports.
 """
 
 from __future__ import annotations
@@ -22,7 +26,8 @@ from typing import Any, Optional, Sequence
 
 from absl import app, flags, logging
 
-from sam3_jax.eval.io import EvalInputError
+from sam3_jax.eval.input_checks import EvalInputError
+from sam3_jax.eval.score_sets import evaluate_image_set, evaluate_video_set, gt_boxes_normalized, load_gt
 
 _PRED = flags.DEFINE_string("predictions", None, "Predictions JSON in the official results format.")
 _GT = flags.DEFINE_multi_string("gt", [], "Ground-truth JSON; repeat (or comma-separate) for several annotators.")
@@ -45,148 +50,12 @@ _STRICT = flags.DEFINE_bool("strict_masks", False,
 _PROGRESS = flags.DEFINE_bool("progress", True, "Show a progress bar in checkpoint mode.")
 
 
-# --------------------------------------------------------------------------------------------- scoring
+# --------------------------------------------------------------------------------------------- paths
 def _split_paths(paths: Sequence[str]) -> list[str]:
     out = []
     for p in paths:
         out += [q for q in p.split(",") if q]
     return out
-
-
-def load_gt(gt_paths: Sequence[str]):
-    """('video', VideoGT) for a VEval-style file (a `videos` list), else ('image', [ImageGT, ...])."""
-    from sam3_jax.eval.io import load_json, load_image_gt, validate_image_gt, validate_video_gt
-
-    data = load_json(gt_paths[0], "ground-truth file")
-    if isinstance(data, dict) and "videos" in data:
-        if len(gt_paths) > 1:
-            raise EvalInputError("video evaluation takes a single --gt file")
-        return "video", validate_video_gt(data, str(gt_paths[0]))
-    gts = [validate_image_gt(data, str(gt_paths[0]))]
-    if len(gt_paths) > 1:
-        gts += load_image_gt(list(gt_paths[1:]))
-    return "image", gts
-
-
-def _gt_boxes_normalized(gt) -> bool:
-    boxes = [a["bbox"] for a in gt.anns if "bbox" in a]
-    return bool(boxes) and all(0.0 <= v <= 1.0 + 1e-6 for b in boxes for v in (b[0], b[1], b[0] + b[2], b[1] + b[3]))
-
-
-def evaluate_image_set(gt_paths: Sequence[str], preds: Any, iou_types: Sequence[str] = ("segm", "bbox"),
-                       coco: bool = True, pred_name: str = "predictions", strict_masks: bool = False,
-                       gts: Optional[list] = None) -> dict:
-    """Scores predictions (a path or an already loaded list) against image GT file(s) (`gts`: the
-    same files already loaded)."""
-    from sam3_jax.eval.cgf1 import evaluate_image
-    from sam3_jax.eval.coco import coco_ap
-    from sam3_jax.eval.io import load_image_gt, load_json, validate_image_predictions
-
-    iou_types = list(iou_types)
-    for it in iou_types:
-        if it not in ("segm", "bbox"):
-            raise EvalInputError(f"unknown IoU type {it!r} (use segm and/or bbox)")
-    t0 = time.time()
-    if gts is None:
-        gts = load_image_gt(list(gt_paths))
-    raw = load_json(preds, "predictions file") if isinstance(preds, (str, os.PathLike)) else preds
-    name = str(preds) if isinstance(preds, (str, os.PathLike)) else pred_name
-    records = validate_image_predictions(raw, gts[0], name, need_masks="segm" in iou_types,
-                                         need_boxes="bbox" in iou_types)
-    for g in gts[1:]:
-        missing = {r["image_id"] for r in records} - set(g.images)
-        if missing:
-            raise EvalInputError(f"{name}: image ids {sorted(missing, key=str)[:5]} are not in ground truth {g.path}")
-    t_load = time.time() - t0
-    results: dict[str, Any] = {"cgf1": OrderedDict(), "coco_ap": OrderedDict(), "metrics": OrderedDict()}
-    t0 = time.time()
-    per_pair = None
-    for it in iou_types:
-        r = evaluate_image(gts, records, it, backend="numpy" if strict_masks else "pycocotools")
-        if per_pair is None:
-            per_pair = r.pop("pairs")
-        else:
-            r.pop("pairs")
-        results["cgf1"][it] = r
-        results["metrics"].update(r["metrics"])
-        results["num_pairs"] = r["num_pairs"]
-        results["num_annotators"] = r["num_annotators"]
-    t_cgf1 = time.time() - t0
-    t0 = time.time()
-    if coco:
-        for it in iou_types:
-            results["coco_ap"][it] = coco_ap(gts[0], records, it, image_ids=per_pair["image_id"])
-            for k, v in results["coco_ap"][it].items():
-                results["metrics"][f"coco_{it}_{k}"] = v
-    t_coco = time.time() - t0
-
-    notes = []
-    scored = set(per_pair["image_id"])
-    skipped = sum(1 for r in records if r["image_id"] not in scored)
-    if skipped:
-        notes.append(f"{skipped} prediction(s) on pairs that are not exhaustively annotated were ignored")
-    cats = set(gts[0].cat_ids)
-    other = sum(1 for r in records if r["category_id"] not in cats)
-    if other:
-        notes.append(f"{other} prediction(s) have a category_id missing from the GT categories and are not scored "
-                     "(as in the official scorer)")
-    for g in gts:
-        if g.dropped_anns:
-            notes.append(f"{g.path}: {g.dropped_anns} annotation(s) have a category_id missing from its categories "
-                         "and are not scored (as in the official scorer)")
-    pos = sum(1 for n in per_pair["num_gt"] if n > 0)
-    if pos == len(per_pair["num_gt"]):
-        notes.append("every scored pair has GT (no negative pairs): IL_MCC and cgF1 are 0 by construction")
-    if "bbox" in iou_types and _gt_boxes_normalized(gts[0]):
-        big = sum(1 for r in records
-                  if "bbox" in r and max(r["bbox"][0] + r["bbox"][2], r["bbox"][1] + r["bbox"][3]) > 1.5)
-        if big:
-            notes.append(f"GT boxes are normalised xywh but {big} prediction box(es) exceed 1.5: pixel boxes? "
-                         "(box metrics compare them as given)")
-    if len(gts) == 1 and "gold" in os.path.basename(str(gt_paths[0])).lower():
-        notes.append("a SA-Co/Gold file was given alone: the official protocol scores against all three annotator "
-                     "files (pass --gt three times)")
-    return {
-        "task": "image",
-        "inputs": {"gt": [str(p) for p in gt_paths], "predictions": name, "iou_types": iou_types},
-        "num_predictions": len(records),
-        "results": results,
-        "per_pair": per_pair,
-        "scores": [float(r["score"]) for r in records if r["image_id"] in scored],
-        "notes": notes,
-        "timing_s": {"load": t_load, "cgf1": t_cgf1, "coco_ap": t_coco},
-    }
-
-
-def evaluate_video_set(gt_path: str, preds: Any, iou_types: Sequence[str] = ("segm", "bbox"),
-                       gt: Any = None) -> dict:
-    from sam3_jax.eval.io import load_json, load_video_gt, validate_video_predictions
-    from sam3_jax.eval.video import evaluate_video
-
-    t0 = time.time()
-    if gt is None:
-        gt = load_video_gt(gt_path)
-    raw = load_json(preds, "predictions file") if isinstance(preds, (str, os.PathLike)) else preds
-    name = str(preds) if isinstance(preds, (str, os.PathLike)) else "predictions"
-    records = validate_video_predictions(raw, gt, name)
-    t_load = time.time() - t0
-    t0 = time.time()
-    r = evaluate_video(gt, records, list(iou_types))
-    notes = []
-    if gt.np_pairs is None:
-        notes.append("the GT has no 'video_np_pairs': IL_MCC and cgF1 need negative pairs and are not reported "
-                     "(as in the official evaluator); positive micro F1 and pHOTA are")
-    first = next(iter(r["cgf1"].values()))
-    res = {"metrics": r["metrics"], "cgf1": r["cgf1"], "phota": r["phota"], "num_pairs": first["num_pairs"]}
-    return {
-        "task": "video",
-        "inputs": {"gt": [str(gt_path)], "predictions": name, "iou_types": list(iou_types)},
-        "num_predictions": len(records),
-        "results": res,
-        "scores": [float(p["score"]) for p in records],
-        "notes": notes,
-        "timing_s": {"load": t_load, "metrics": time.time() - t0},
-    }
 
 
 # --------------------------------------------------------------------------------------------- prediction
@@ -199,8 +68,9 @@ def predict_image_set(checkpoint: str, gt_path: str, images_dir: str, *, batch_s
     from PIL import Image
     from tqdm import tqdm
 
-    from sam3_jax import Sam3ImagePredictor
-    from sam3_jax.eval.io import image_prediction_records, load_image_gt
+    from sam3_jax.eval.image_inputs import load_image_gt
+    from sam3_jax.eval.prediction_writers import image_prediction_records
+    from sam3_jax.predict.predictor import Sam3ImagePredictor
 
     if gt is None:
         gt = load_image_gt([gt_path])[0]
@@ -219,7 +89,7 @@ def predict_image_set(checkpoint: str, gt_path: str, images_dir: str, *, batch_s
         if not isinstance(text, str) or not text.strip():
             raise EvalInputError(f"{gt.path}: image id {iid!r} has no 'text_input' phrase")
         by_file.setdefault(im["file_name"], []).append(iid)
-    normalize = _gt_boxes_normalized(gt) if box_format == "auto" else box_format == "normalized"
+    normalize = gt_boxes_normalized(gt) if box_format == "auto" else box_format == "normalized"
     for fn in by_file:
         p = os.path.join(images_dir, fn)
         if not os.path.isfile(p):
@@ -289,7 +159,7 @@ def main(argv) -> int:
         else:
             preds = _PRED.value
             if _CKPT.value:
-                from sam3_jax.eval.io import write_predictions
+                from sam3_jax.eval.prediction_writers import write_predictions
 
                 t0 = time.time()
                 records = predict_image_set(_CKPT.value, gt_paths[0], _IMAGES.value, batch_size=_BATCH.value,

@@ -1,37 +1,10 @@
-"""Mask encodings and overlay pictures for predictor outputs."""
+"""Overlay pictures of predictor outputs: masks tinted, boxes and scores drawn on the image."""
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
-
-
-def rle_encode(mask: np.ndarray) -> dict[str, Any]:
-    """COCO-style uncompressed RLE of a (H, W) bool mask: run lengths over the column-major
-    (Fortran-order) pixel sequence, starting with a run of zeros (pycocotools' convention)."""
-    mask = np.asarray(mask, dtype=bool)
-    if mask.ndim != 2:
-        raise ValueError(f"RLE needs a 2D mask, got shape {mask.shape}")
-    flat = mask.ravel(order="F")
-    change = np.flatnonzero(np.diff(flat.astype(np.int8))) + 1
-    bounds = np.concatenate([[0], change, [flat.size]])
-    counts = np.diff(bounds).tolist()
-    if flat.size and flat[0]:
-        counts = [0] + counts
-    return {"size": [int(mask.shape[0]), int(mask.shape[1])], "counts": [int(c) for c in counts]}
-
-
-def rle_decode(rle: dict[str, Any]) -> np.ndarray:
-    h, w = rle["size"]
-    flat = np.zeros(h * w, dtype=bool)
-    pos, val = 0, False
-    for c in rle["counts"]:
-        flat[pos : pos + c] = val
-        pos += c
-        val = not val
-    return flat.reshape((h, w), order="F")
-
 
 _PALETTE = np.array(
     [[230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200], [245, 130, 48], [145, 30, 180],
