@@ -1,23 +1,7 @@
-"""SA-Co/VEval video metrics: video cgF1 and phrase HOTA (pHOTA).
-
-Both follow the official evaluators in `sam3/eval/saco_veval_evaluators.py`:
-
-* **video cgF1** (`VideoCGF1Evaluator`): every (video_id, category_id) pair seen in predictions, in
-  GT annotations or (when present) in `video_np_pairs` is one datapoint, in sorted order with the
-  negative pairs appended. A predicted track is kept when its score >= 0.5; crowd GT masklets are
-  dropped. The IoU of a predicted and a GT masklet is spatio-temporal, sum_t |p_t & g_t| /
-  sum_t |p_t | g_t| (1 when both are empty on every frame); for boxes it is the same ratio of
-  summed box intersections and unions, computed in float32 as the official code does. Then the
-  image recipe: one Hungarian matching per pair, TP/FP/FN at IoU 0.50:0.05:0.95, positive micro
-  F1, IL_MCC over pairs, cgF1 = pmF1 x IL_MCC.
-* **pHOTA** (`VideoPhraseHotaEvaluator` + the vendored TrackEval HOTA): tracks with score > 0.5
-  (strict) are kept and their frames with area 0 or an empty/null box are dropped; every
-  (video, phrase) pair with GT or kept predictions is one single-class sequence; crowd GT counts as
-  ordinary GT. Per sequence HOTA at alpha = 0.05..0.95 (global alignment from soft IoU counts,
-  per-frame Hungarian on alignment x similarity), sequences combined by summing TP/FN/FP and
-  TP-weighting AssA/AssRe/AssPr/LocA, each field averaged over alpha.
-
-Video cgF1 lives in `sam3_jax.eval.video_cgf1`, pHOTA in `sam3_jax.eval.phota`; `evaluate_video` runs both.
+"""SA-Co/VEval video metrics, both as the official evaluators in `sam3/eval/saco_veval_evaluators.py`:
+video cgF1 (`sam3_jax.eval.video_cgf1`, spatio-temporal masklet IoU, then the image recipe per
+(video, phrase) pair) and phrase HOTA (`sam3_jax.eval.phota`). `evaluate_video` runs both for each IoU
+type; each module's docstring gives its rules.
 """
 
 from __future__ import annotations
