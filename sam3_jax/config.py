@@ -60,12 +60,40 @@ def model_config(variant: str = "full") -> ml_collections.ConfigDict:
     c.decoder_layers = 6 if full else 2
     c.num_queries = 200 if full else 16
     c.geometry_layers = 3 if full else 1
+    # Tracker sizes. `d_model` is the tracker width (official `hidden_dim`, the memory attention's
+    # d_model); it must equal `neck.d_model`, the width of the tracker neck (`sam2_convs`). The image
+    # embedding of the SAM heads is image_size // vit.patch_size on a side (official backbone_stride).
     c.tracker = ml_collections.ConfigDict(
         dict(
+            d_model=256,
             memory_attention_layers=4 if full else 1,
             dim_feedforward=2048 if full else 256,
             mem_dim=64,
             num_maskmem=7,
+            # SAM prompt encoder and mask decoder (official `_build_sam_heads` + `build_tracker`). The
+            # official tracker hard-codes these whatever its width, so the tiny config keeps them too
+            # (the official tiny tracker has them): a two-way transformer of 2 layers, 8 heads, MLP
+            # 2048, attention downsampled 2x; IoU head 3 x 256; mask-prompt channels 16.
+            sam=ml_collections.ConfigDict(
+                dict(
+                    mask_in_chans=16,
+                    num_multimask_outputs=3,
+                    transformer_depth=2,
+                    transformer_heads=8,
+                    transformer_mlp_dim=2048,
+                    attention_downsample_rate=2,
+                    iou_head_depth=3,
+                    iou_head_hidden_dim=256,
+                    use_high_res_features=True,
+                    iou_prediction_use_sigmoid=True,
+                    pred_obj_scores=True,
+                    pred_obj_scores_mlp=True,
+                    use_multimask_token_for_obj_ptr=True,
+                    dynamic_multimask_via_stability=True,
+                    dynamic_multimask_stability_delta=0.05,
+                    dynamic_multimask_stability_thresh=0.98,
+                )
+            ),
         )
     )
     return c

@@ -122,3 +122,31 @@ TORCH_MHA = Layout(
         _direct("out_proj.bias", "out/bias"),
     ),
 )
+
+
+# Separate q / k / v Linear layers (out = H*D rows, head-major) -> HeadProjection (C_in, H, D);
+# bias (H*D,) -> (H, D).
+def _head_kernel(src: str, dst: str) -> LeafMap:
+    return LeafMap(
+        (src,), (dst,),
+        lambda srcs, s: [srcs[0].T.reshape(s[0])],
+        lambda s: [(s[0][1] * s[0][2], s[0][0])],
+    )
+
+
+def _head_bias(src: str, dst: str) -> LeafMap:
+    return LeafMap((src,), (dst,), lambda srcs, s: [srcs[0].reshape(s[0])], lambda s: [(math.prod(s[0]),)])
+
+
+# SAM's `Attention` (sam3/sam/transformer.py): q_proj / k_proj / v_proj / out_proj Linear layers,
+# the projected width possibly smaller than the model width (attention_downsample_rate) and the key /
+# value input width possibly another one (kv_in_dim).
+SAM_ATTENTION = Layout(
+    "SamAttention",
+    tuple(
+        leaf
+        for proj, name in (("q_proj", "query"), ("k_proj", "key"), ("v_proj", "value"))
+        for leaf in (_head_kernel(f"{proj}.weight", f"{name}/kernel"), _head_bias(f"{proj}.bias", f"{name}/bias"))
+    )
+    + (_out_kernel("out_proj.weight"), _direct("out_proj.bias", "out/bias")),
+)

@@ -100,13 +100,16 @@ class HeadMerge(nn.Module):
 class MultiHeadAttention(nn.Module):
     """Multi-head attention with separate q/k/v projections (kernel (in, heads, head_dim)).
 
-    Covers torch `nn.MultiheadAttention` (fused `in_proj_weight` is split by the converter) and the
-    ViT's fused `qkv` Linear. `rope` is an optional function applied to (q, k) after projection.
+    Covers torch `nn.MultiheadAttention` (fused `in_proj_weight` is split by the converter), the
+    ViT's fused `qkv` Linear and SAM's `Attention` (separate q/k/v Linear layers to an internal
+    width `qkv_features`, e.g. embed / 2, keys and values possibly of another width than the
+    queries). `rope` is an optional function applied to (q, k) after projection.
     """
 
     num_heads: int
     qkv_bias: bool = True
     out_features: Optional[int] = None
+    qkv_features: Optional[int] = None  # width of the projected q / k / v (default: the query width)
     attention_impl: Optional[str] = None
     dtype: Dtype | None = None
     param_dtype: Dtype = jnp.float32
@@ -126,9 +129,10 @@ class MultiHeadAttention(nn.Module):
         x_k = x_q if x_k is None else x_k
         x_v = x_k if x_v is None else x_v
         dim = x_q.shape[-1]
-        if dim % self.num_heads:
-            raise ValueError(f"width {dim} is not divisible by {self.num_heads} heads")
-        head_dim = dim // self.num_heads
+        inner = self.qkv_features or dim
+        if inner % self.num_heads:
+            raise ValueError(f"width {inner} is not divisible by {self.num_heads} heads")
+        head_dim = inner // self.num_heads
 
         def proj(name: str, x: jax.Array) -> jax.Array:
             return HeadProjection(

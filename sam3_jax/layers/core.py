@@ -1,6 +1,7 @@
 """Basic layers with PyTorch-equivalent numerics and logical axis names.
 
 * LayerNorm: eps 1e-5 (torch default, used by every `nn.LayerNorm` of SAM 3), two-pass variance.
+* LayerNorm2d: the SAM `LayerNorm2d` (channels of an NHWC map), eps 1e-6.
 * GELU: exact erf form (torch `nn.GELU()` default); never the tanh approximation.
 * Conv: NHWC activations, kernel (kh, kw, in, out); explicit integer padding like torch.
 * ConvTranspose with kernel == stride (the only kind SAM 3 uses), written as an einsum followed by a
@@ -20,6 +21,7 @@ from sam3_jax.layers import partitioning as P
 Dtype = Any
 
 TORCH_LN_EPS = 1e-5
+SAM_LN2D_EPS = 1e-6  # sam3/sam/common.py `LayerNorm2d` (mask decoder upscaling, prompt / memory encoders)
 
 # torch nn.Linear / nn.Conv2d default init is kaiming-uniform-like; any sensible init is fine for
 # training from scratch. Converted checkpoints overwrite all of them.
@@ -51,6 +53,17 @@ def LayerNorm(
         bias_init=P.with_axes(zeros, (axis_name,)),
         name=name,
     )
+
+
+def LayerNorm2d(
+    *,
+    dtype: Dtype | None = None,
+    param_dtype: Dtype = jnp.float32,
+    name: str | None = None,
+) -> nn.LayerNorm:
+    """SAM's `LayerNorm2d` on an NHWC map: each pixel normalized over its channels, eps 1e-6,
+    scale / bias on the channel axis (logical axis conv_out)."""
+    return LayerNorm(epsilon=SAM_LN2D_EPS, axis_name=P.CONV_OUT, dtype=dtype, param_dtype=param_dtype, name=name)
 
 
 def Dense(
@@ -196,5 +209,6 @@ def shape_tree(tree: Any) -> Any:
 
 
 __all__: Sequence[str] = [
-    "gelu", "LayerNorm", "Dense", "Conv", "PointwiseConv", "ConvTranspose", "max_pool_2x2", "Mlp", "count_params",
+    "gelu", "LayerNorm", "LayerNorm2d", "Dense", "Conv", "PointwiseConv", "ConvTranspose", "max_pool_2x2", "Mlp",
+    "count_params",
 ]

@@ -351,6 +351,48 @@ def build_geometry_encoder(cfg) -> "torch.nn.Module":
     return module.eval()
 
 
+def build_sam_heads(cfg) -> "torch.nn.Module":
+    """The tracker's SAM prompt encoder and mask decoder, made by the official constructors with the
+    arguments `Sam3TrackerBase._build_sam_heads` and `build_tracker` give them (embed dim = tracker
+    width, image embedding image_size // patch_size, `sam_mask_decoder_extra_args` of the dynamic
+    multimask selection), at the sizes of `cfg.tracker`. Prompt encoder first, then the decoder, as
+    the official builder orders them. In a container, so state-dict keys start with
+    `sam_prompt_encoder.` / `sam_mask_decoder.` (prefix `tracker.` for the checkpoint layout)."""
+    try:
+        from sam3.sam.mask_decoder import MaskDecoder
+        from sam3.sam.prompt_encoder import PromptEncoder
+        from sam3.sam.transformer import TwoWayTransformer
+    except ImportError as e:
+        raise ImportError(
+            f"the official SAM 3 package (sam3=={OFFICIAL_VERSION}) is not installed; pip install -e '.[parity]'"
+        ) from e
+    t, s = cfg.tracker, cfg.tracker.sam
+    g = cfg.image_size // cfg.vit.patch_size
+    with cuda_to_cpu():
+        prompt_encoder = PromptEncoder(
+            embed_dim=t.d_model, image_embedding_size=(g, g), input_image_size=(cfg.image_size, cfg.image_size),
+            mask_in_chans=s.mask_in_chans,
+        )
+        mask_decoder = MaskDecoder(
+            num_multimask_outputs=s.num_multimask_outputs,
+            transformer=TwoWayTransformer(
+                depth=s.transformer_depth, embedding_dim=t.d_model, mlp_dim=s.transformer_mlp_dim,
+                num_heads=s.transformer_heads, attention_downsample_rate=s.attention_downsample_rate,
+            ),
+            transformer_dim=t.d_model, iou_head_depth=s.iou_head_depth, iou_head_hidden_dim=s.iou_head_hidden_dim,
+            use_high_res_features=s.use_high_res_features, iou_prediction_use_sigmoid=s.iou_prediction_use_sigmoid,
+            pred_obj_scores=s.pred_obj_scores, pred_obj_scores_mlp=s.pred_obj_scores_mlp,
+            use_multimask_token_for_obj_ptr=s.use_multimask_token_for_obj_ptr,
+            dynamic_multimask_via_stability=s.dynamic_multimask_via_stability,
+            dynamic_multimask_stability_delta=s.dynamic_multimask_stability_delta,
+            dynamic_multimask_stability_thresh=s.dynamic_multimask_stability_thresh,
+        )
+    container = torch.nn.Module()
+    container.sam_prompt_encoder = prompt_encoder
+    container.sam_mask_decoder = mask_decoder
+    return container.eval()
+
+
 def build_image_model(cfg, *, enable_segmentation: bool = True) -> "torch.nn.Module":
     """The official `Sam3Image` (detector) at the sizes of a model config, assembled from the official
     constructors exactly as `sam3.model_builder.build_sam3_image_model` assembles the released one

@@ -1,7 +1,9 @@
 """Optimiser of the official SAM 3 fine-tuning recipe, in optax.
 
 * AdamW (torch defaults: b1 0.9, b2 0.999, eps 1e-8) with weight decay 0.1, except on biases and
-  normalisation parameters (LayerNorm / GroupNorm `scale` and `bias`).
+  normalisation parameters (LayerNorm / GroupNorm `scale` and `bias`) and on the tracker prompt
+  encoder's random-Fourier matrix (an official buffer, not a parameter: its forward stops the
+  gradient, and without decay AdamW leaves it exactly as loaded).
 * Parameter groups with their own learning rates: the vision backbone (trunk + necks), the language
   backbone, and everything else (fusion encoder, decoder, heads), each times `lr_scale`.
 * Layer-wise learning-rate decay on the trunk: scale decay^(depth + 1 - id), id 0 for the patch
@@ -23,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-NO_DECAY_LEAVES = ("bias", "scale")
+NO_DECAY_LEAVES = ("bias", "scale", "positional_encoding_gaussian_matrix")
 FREEZE_PRESETS = {
     "trunk": ("backbone", "vision_backbone", "trunk"),
     "vision": ("backbone", "vision_backbone"),
