@@ -393,6 +393,41 @@ def build_sam_heads(cfg) -> "torch.nn.Module":
     return container.eval()
 
 
+def build_memory_encoder(cfg) -> "torch.nn.Module":
+    """The tracker's memory encoder (`SimpleMaskEncoder`), made by the official constructors with the
+    arguments `_create_tracker_maskmem_backbone` gives them, at the sizes of `cfg`: masks
+    interpolated to 16 g x 16 g (g = image_size // patch_size; 1152 at full size), mask embedding
+    and CXBlock width cfg.tracker.d_model, output and sine position channels cfg.tracker.mem_dim, the
+    position cache precomputed for cfg.image_size. In a container, so state-dict keys start with
+    `maskmem_backbone.` (prefix `tracker.` for the checkpoint layout)."""
+    try:
+        from sam3.model.memory import CXBlock, SimpleFuser, SimpleMaskDownSampler, SimpleMaskEncoder
+        from sam3.model.position_encoding import PositionEmbeddingSine
+    except ImportError as e:
+        raise ImportError(
+            f"the official SAM 3 package (sam3=={OFFICIAL_VERSION}) is not installed; pip install -e '.[parity]'"
+        ) from e
+    t = cfg.tracker
+    g = cfg.image_size // cfg.vit.patch_size
+    with cuda_to_cpu():
+        position_encoding = PositionEmbeddingSine(
+            num_pos_feats=t.mem_dim, normalize=True, scale=None, temperature=10000,
+            precompute_resolution=cfg.image_size,
+        )
+        mask_downsampler = SimpleMaskDownSampler(
+            embed_dim=t.d_model, kernel_size=3, stride=2, padding=1, interpol_size=[16 * g, 16 * g],
+        )
+        cx_block = CXBlock(dim=t.d_model, kernel_size=7, padding=3, layer_scale_init_value=1.0e-06, use_dwconv=True)
+        fuser = SimpleFuser(layer=cx_block, num_layers=2)
+        encoder = SimpleMaskEncoder(
+            out_dim=t.mem_dim, position_encoding=position_encoding, mask_downsampler=mask_downsampler,
+            fuser=fuser, in_dim=t.d_model,
+        )
+    container = torch.nn.Module()
+    container.maskmem_backbone = encoder
+    return container.eval()
+
+
 def build_image_model(cfg, *, enable_segmentation: bool = True) -> "torch.nn.Module":
     """The official `Sam3Image` (detector) at the sizes of a model config, assembled from the official
     constructors exactly as `sam3.model_builder.build_sam3_image_model` assembles the released one

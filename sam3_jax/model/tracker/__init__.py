@@ -2,6 +2,6 @@
 
 Built so far: the SAM prompt encoder (`prompt_encoder.py`), the two-way transformer
 (`two_way_transformer.py`) and the SAM mask decoder (`mask_decoder.py`), configured as the official
-tracker configures them (`model_config(...).tracker`). Memory encoder, memory attention and the
-per-frame tracking step come later.
+tracker configures them (`model_config(...).tracker`), and the memory encoder (`memory_encoder.py`,
+official `maskmem_backbone`). Memory attention and the per-frame tracking step come later.
 """
