@@ -428,6 +428,45 @@ def build_memory_encoder(cfg) -> "torch.nn.Module":
     return container.eval()
 
 
+def build_memory_attention(cfg) -> "torch.nn.Module":
+    """The tracker's memory attention, made by the official constructors with the arguments
+    `model_builder._create_tracker_transformer` gives them (two `RoPEAttention`s of 1 head on the
+    g x g grid, the cross one reading `mem_dim` keys / values with the table repeated per memory
+    frame; a pre-norm `TransformerDecoderLayerv2`, self-attention first, PE only on the
+    cross-attention keys; `TransformerEncoderCrossAttention`, batch-first layers, PE added at the
+    input), at the sizes of `cfg.tracker`, with dropout 0. Inside the official `TransformerWrapper`
+    (no decoder), which re-initialises the weight matrices from the global RNG, in a container so
+    state-dict keys start with `transformer.encoder.` (prefix `tracker.` for the checkpoint layout)."""
+    try:
+        from sam3.model.decoder import TransformerDecoderLayerv2, TransformerEncoderCrossAttention
+        from sam3.model.model_misc import TransformerWrapper
+        from sam3.sam.transformer import RoPEAttention
+    except ImportError as e:
+        raise ImportError(
+            f"the official SAM 3 package (sam3=={OFFICIAL_VERSION}) is not installed; pip install -e '.[parity]'"
+        ) from e
+    t = cfg.tracker
+    g = cfg.image_size // cfg.vit.patch_size
+    rope = dict(embedding_dim=t.d_model, num_heads=1, downsample_rate=1, dropout=0.0, rope_theta=10000.0,
+                feat_sizes=[g, g], use_fa3=False, use_rope_real=False)
+    with cuda_to_cpu():
+        self_attention = RoPEAttention(**rope)
+        cross_attention = RoPEAttention(kv_in_dim=t.mem_dim, rope_k_repeat=True, **rope)
+        layer = TransformerDecoderLayerv2(
+            cross_attention_first=False, activation="relu", dim_feedforward=t.dim_feedforward, dropout=0.0,
+            pos_enc_at_attn=False, pre_norm=True, self_attention=self_attention, d_model=t.d_model,
+            pos_enc_at_cross_attn_keys=True, pos_enc_at_cross_attn_queries=False, cross_attention=cross_attention,
+        )
+        encoder = TransformerEncoderCrossAttention(
+            remove_cross_attention_layers=[], batch_first=True, d_model=t.d_model, frozen=False,
+            pos_enc_at_input=True, layer=layer, num_layers=t.memory_attention_layers, use_act_checkpoint=False,
+        )
+        transformer = TransformerWrapper(encoder=encoder, decoder=None, d_model=t.d_model)
+    container = torch.nn.Module()
+    container.transformer = transformer
+    return container.eval()
+
+
 def build_image_model(cfg, *, enable_segmentation: bool = True) -> "torch.nn.Module":
     """The official `Sam3Image` (detector) at the sizes of a model config, assembled from the official
     constructors exactly as `sam3.model_builder.build_sam3_image_model` assembles the released one

@@ -1,7 +1,9 @@
 """The SAM 3 tracker (official: sam3/model/sam3_tracker_base.py and the SAM modules in sam3/sam/).
 
-Built so far: the SAM prompt encoder (`prompt_encoder.py`), the two-way transformer
-(`two_way_transformer.py`) and the SAM mask decoder (`mask_decoder.py`), configured as the official
-tracker configures them (`model_config(...).tracker`), and the memory encoder (`memory_encoder.py`,
-official `maskmem_backbone`). Memory attention and the per-frame tracking step come later.
+`tracker.py` assembles it (`Sam3Tracker`: frame features, SAM heads, memory conditioning, memory
+encoding, one track step, the fixed-capacity `MemoryBank`) from the SAM prompt encoder
+(`prompt_encoder.py`), the two-way transformer (`two_way_transformer.py`), the SAM mask decoder
+(`mask_decoder.py`), the memory encoder (`memory_encoder.py`, official `maskmem_backbone`) and the
+memory attention (`memory_attention.py`, official `transformer.encoder`), configured as the official
+tracker configures them (`model_config(...).tracker`).
 """
