@@ -1,8 +1,10 @@
 """`convert_weights.py --checkpoint sam3.pt --output DIR [--config configs/sam3.py:full] [--dtype float32|bfloat16]`
 
-Converts every `detector.*` key of the official checkpoint strictly into the image model's Orbax
-param tree in DIR plus `manifest.json` (source sha256, model config, key and parameter counts,
-dtype, and the official parts not converted yet: the `tracker.*` keys until the tracker lands).
+Converts every key of the official checkpoint strictly into one Orbax param tree in DIR (the image
+detector, and the tracker under `tracker` when the checkpoint holds one: `tracker.*` in sam3.pt,
+`inst_interactive_predictor.model.*` in an image model with instance interactivity) plus
+`manifest.json` (source sha256, model config, key and parameter counts, dtype, and the official
+parts not converted: none for sam3.pt).
 Exit status 1 on a conversion error (the message names the key), 2 on bad usage.
 """
 
@@ -33,7 +35,6 @@ def main(argv) -> int:
     from sam3_jax.convert.checkpoint import build_manifest, save_converted
     from sam3_jax.convert.convert import ConversionError, convert_image_model
     from sam3_jax.convert.load import load_state_dict
-    from sam3_jax.convert.rules import image_model_rules
 
     cfg = _CONFIG.value.model
     try:
@@ -43,7 +44,7 @@ def main(argv) -> int:
             state,
             cfg,
             param_dtype=jnp.dtype(_DTYPE.value),
-            rules=tqdm(image_model_rules(cfg), desc="converting", unit="module"),
+            progress=lambda rules: tqdm(rules, desc="converting", unit="module"),
         )
         print(report.summary())
         manifest = build_manifest(source=_CHECKPOINT.value, cfg=cfg, report=report, dtype=_DTYPE.value, params=params)

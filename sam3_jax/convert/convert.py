@@ -335,20 +335,51 @@ def convert_backbone(
     )
 
 
+# Where a checkpoint keeps the tracker (image-model layout): `tracker.` in sam3.pt (video model),
+# `inst_interactive_predictor.model.` in an image model built with instance interactivity.
+TRACKER_SOURCES = ("tracker", "inst_interactive_predictor.model")
+
+
+def tracker_source(state: Mapping[str, Any]) -> str | None:
+    """The prefix under which `state` (image-model layout) holds the tracker, or None."""
+    found = [p for p in TRACKER_SOURCES if any(k.startswith(p + ".") for k in state)]
+    if len(found) > 1:
+        raise ConversionError(f"the checkpoint holds two trackers ({', '.join(p + '.*' for p in found)}); "
+                              "convert one model at a time")
+    return found[0] if found else None
+
+
 def convert_image_model(
-    state: Mapping[str, Any], cfg, *, dry_run: bool = False, param_dtype: Any = None, rules=None
+    state: Mapping[str, Any], cfg, *, dry_run: bool = False, param_dtype: Any = None, rules=None,
+    tracker: bool | None = None, progress=None,
 ) -> tuple[dict[str, Any], ConversionReport]:
-    """Official state dict (`sam3.pt` or image-model layout) -> params of the whole image detector.
-    Tracker keys are reported as not converted."""
+    """Official state dict (`sam3.pt` or image-model layout) -> params of the image detector and,
+    when the checkpoint holds one (`tracker=None`: auto; True: required; False: reported as not
+    converted), of the tracker under the top-level key `tracker`. `rules` replaces the detector's
+    rule table; `progress` wraps the rule list (e.g. tqdm)."""
+    from sam3_jax.convert.rules_tracker import tracker_rules
     from sam3_jax.model.sam3_image import image_model_target_shapes
+    from sam3_jax.model.tracker.tracker import tracker_target_shapes
 
     dtype = jnp.dtype(param_dtype or cfg.param_dtype)
+    state = normalize_keys(state)
+    src = tracker_source(state)
+    if tracker is None:
+        tracker = src is not None
+    if tracker and src is None:
+        raise MissingKeyError("missing key tracker.*: the checkpoint holds no tracker "
+                              "(neither tracker.* nor inst_interactive_predictor.model.* keys)")
+    targets = image_model_target_shapes(cfg)
+    all_rules = list(image_model_rules(cfg) if rules is None else rules)
+    if tracker:
+        targets = {**targets, "tracker": tracker_target_shapes(cfg)}
+        all_rules += tracker_rules(cfg, src, "tracker")
     return convert(
         state,
-        image_model_target_shapes(cfg),
-        image_model_rules(cfg) if rules is None else rules,
+        targets,
+        progress(all_rules) if progress is not None else all_rules,
         param_dtype=dtype,
         dry_run=dry_run,
         rope_check=make_rope_check(cfg),
-        pending_parts=PENDING_FOR_IMAGE_MODEL,
+        pending_parts={} if tracker else PENDING_FOR_IMAGE_MODEL,
     )

@@ -25,7 +25,7 @@ DETECTOR_HEAD_PARTS = {
     "dot_prod_scoring.": "dot-product scoring head",
     "segmentation_head.": "segmentation head",
 }
-# Official parts that sam3_jax does not build yet.
+# The tracker, reported by part when a conversion leaves it out (`convert_image_model(tracker=False)`).
 TRACKER_PARTS = {
     "tracker.": "tracker (video)",
     "inst_interactive_predictor.model.": "tracker (instance interactivity)",

@@ -16,8 +16,10 @@ Official module prefix (under `tracker.`)              -> Flax path (under dst_p
   sam_mask_decoder.output_hypernetworks_mlps.{k}, iou_prediction_head, pred_obj_score_head (MLPs)
 
 The two-way transformer's blocks are separate modules (`layers_{i}`, the first one skips the
-self-attention PE), not a scanned stack. Not wired into `image_model_rules` yet: the rest of the
-tracker (memory encoder, memory attention, pointers) comes later.
+self-attention PE), not a scanned stack. `tracker_rules` assembles the whole tracker: these heads,
+the memory encoder (`rules_tracker_memory.py`), the memory attention (`rules_tracker_attention.py`),
+the pointer projections, `mask_downsample` and the five plain tensors (copied with their official
+shapes).
 """
 
 from __future__ import annotations
@@ -126,3 +128,28 @@ def sam_heads_rules(cfg, src_prefix: str = "tracker", dst_prefix: str = "tracker
         + mask_decoder_rules(cfg, _join(src_prefix, "sam_mask_decoder", "."),
                              _join(dst_prefix, "sam_mask_decoder", "/"))
     )
+
+
+# Plain tensors of the tracker, copied as is (official shapes kept by the Flax module).
+TRACKER_TENSORS = ("maskmem_tpos_enc", "no_mem_embed", "no_mem_pos_enc", "no_obj_ptr", "no_obj_embed_spatial")
+OBJ_PTR_MLP_LAYERS = 3
+
+
+def tracker_rules(cfg, src_prefix: str = "tracker", dst_prefix: str = "tracker") -> list[Rule]:
+    """Rules for every official tensor of the tracker at `src_prefix` (`tracker` in sam3.pt,
+    `inst_interactive_predictor.model` in an image model with instance interactivity) ->
+    `Sam3Tracker` params under `dst_prefix`."""
+    from sam3_jax.convert.rules_tracker_attention import memory_attention_rules
+    from sam3_jax.convert.rules_tracker_memory import memory_encoder_rules
+
+    s, d = src_prefix, dst_prefix
+    rules = sam_heads_rules(cfg, s, d)
+    rules += memory_encoder_rules(cfg, f"{s}.maskmem_backbone", f"{d}/maskmem_backbone")
+    rules += memory_attention_rules(cfg, f"{s}.transformer.encoder", f"{d}/transformer/encoder")
+    rules += mlp_rules(f"{s}.obj_ptr_proj", f"{d}/obj_ptr_proj", OBJ_PTR_MLP_LAYERS)
+    rules += [
+        Rule(f"{s}.obj_ptr_tpos_proj", f"{d}/obj_ptr_tpos_proj", DENSE),
+        Rule(f"{s}.mask_downsample", f"{d}/mask_downsample", CONV),
+    ]
+    rules += [Rule(f"{s}.{name}", f"{d}/{name}", PARAM) for name in TRACKER_TENSORS]
+    return rules

@@ -467,6 +467,34 @@ def build_memory_attention(cfg) -> "torch.nn.Module":
     return container.eval()
 
 
+def build_tracker(cfg) -> "torch.nn.Module":
+    """The official tracker (`Sam3TrackerPredictor`) at the sizes of `cfg`, assembled exactly as
+    `sam3.model_builder.build_tracker(apply_temporal_disambiguation=False)` assembles the released
+    one (the image model's instance-interactivity tracker; the video model differs only by the
+    memory selection filter), from `build_memory_encoder` / `build_memory_attention`; no backbone
+    (it shares the detector's). State-dict keys are the checkpoint's without the `tracker.` prefix."""
+    from sam3.model.sam3_tracking_predictor import Sam3TrackerPredictor
+
+    maskmem_backbone = build_memory_encoder(cfg).maskmem_backbone
+    transformer = build_memory_attention(cfg).transformer
+    with cuda_to_cpu():
+        model = Sam3TrackerPredictor(
+            image_size=cfg.image_size, num_maskmem=cfg.tracker.num_maskmem, backbone=None,
+            backbone_stride=cfg.vit.patch_size, transformer=transformer, maskmem_backbone=maskmem_backbone,
+            multimask_output_in_sam=True, forward_backbone_per_frame_for_eval=True,
+            trim_past_non_cond_mem_for_eval=False, multimask_output_for_tracking=True, multimask_min_pt_num=0,
+            multimask_max_pt_num=1, always_start_from_first_ann_frame=False, non_overlap_masks_for_mem_enc=False,
+            non_overlap_masks_for_output=False, max_cond_frames_in_attn=4, offload_output_to_cpu_for_eval=False,
+            sam_mask_decoder_extra_args={
+                "dynamic_multimask_via_stability": True,
+                "dynamic_multimask_stability_delta": 0.05,
+                "dynamic_multimask_stability_thresh": 0.98,
+            },
+            clear_non_cond_mem_around_input=True, fill_hole_area=0, use_memory_selection=False,
+        )
+    return model.eval()
+
+
 def build_image_model(cfg, *, enable_segmentation: bool = True) -> "torch.nn.Module":
     """The official `Sam3Image` (detector) at the sizes of a model config, assembled from the official
     constructors exactly as `sam3.model_builder.build_sam3_image_model` assembles the released one

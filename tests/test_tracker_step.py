@@ -1,0 +1,303 @@
+"""The assembled tracker (`Sam3Tracker`) against the official `Sam3TrackerBase.track_step` at the
+tiny config (seeded + perturbed weights, converted with `tracker_rules`): a click on an initial
+conditioning frame, tracked frames with memory (more than num_maskmem of them, so the bank rolls),
+a mask given as a conditioning frame, a refinement click with the previous logits; the memory-bank
+padding; the official frame selection; the full-size key set; init and bad input."""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from sam3_jax.convert.convert import KeySpec, convert
+from sam3_jax.convert.rules_tracker import tracker_rules
+from sam3_jax.layers.core import count_params
+from sam3_jax.model.tracker.tracker import (
+    MemoryBank,
+    Sam3Tracker,
+    memory_bank_from_outputs,
+    select_memory_frames,
+    tracker_target_shapes,
+)
+from tests.conftest import FIXTURES, assert_parity
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("sam3")
+
+TOL = 1e-5
+SEED = 8  # at this seed the click on frame 0 finds an object (score > 0)
+NUM_FRAMES = 10
+# Official full-size tracker: 309 tensors, 11,743,618 parameters (sam3_reference_architecture.md 3).
+FULL_TRACKER_KEYS = 309
+FULL_TRACKER_PARAMS = 11_743_618
+
+
+def _grid(cfg) -> int:
+    return cfg.image_size // cfg.vit.patch_size
+
+
+@pytest.fixture(scope="module")
+def official(tiny_cfg):
+    from sam3_jax.parity.oracle import build_tracker, perturb_all_, state_dict_numpy
+
+    torch.manual_seed(SEED)
+    model = build_tracker(tiny_cfg)
+    perturb_all_(model, SEED)
+    state = {f"tracker.{k}": v for k, v in state_dict_numpy(model).items()}
+    return model, state
+
+
+@pytest.fixture(scope="module")
+def params(official, tiny_cfg):
+    _, state = official
+    converted, report = convert(state, {"tracker": tracker_target_shapes(tiny_cfg)}, tracker_rules(tiny_cfg),
+                                pending_parts={})
+    assert len(report.consumed) == len(state) and not report.pending
+    return converted["tracker"]
+
+
+@pytest.fixture(scope="module")
+def frames(official, tiny_cfg):
+    """NUM_FRAMES frames of random tracker-neck features: official (sequence-first lists, levels 0
+    and 1 projected by conv_s0 / conv_s1) and ours (`prepare_frame` input)."""
+    model, _ = official
+    g, c = _grid(tiny_cfg), tiny_cfg.tracker.d_model
+    rng = np.random.default_rng(11)
+    out = []
+    for _ in range(NUM_FRAMES):
+        levels = [rng.normal(size=(1, s, s, c)).astype(np.float32) for s in (4 * g, 2 * g, g)]
+        pos = [rng.normal(size=(1, s, s, c)).astype(np.float32) for s in (4 * g, 2 * g, g)]
+        with torch.no_grad():
+            t = [torch.from_numpy(x).permute(0, 3, 1, 2) for x in levels]
+            t[0] = model.sam_mask_decoder.conv_s0(t[0])
+            t[1] = model.sam_mask_decoder.conv_s1(t[1])
+        seq = lambda x: x.flatten(2).permute(2, 0, 1).contiguous()  # noqa: E731
+        official_feats = [seq(x) for x in t]
+        official_pos = [seq(torch.from_numpy(p).permute(0, 3, 1, 2)) for p in pos]
+        ours = {"backbone_fpn": [jnp.asarray(x) for x in levels], "vision_pos_enc": [jnp.asarray(p) for p in pos]}
+        out.append((official_feats, official_pos, ours))
+    return out
+
+
+def _official_step(model, cfg, frames, outputs, frame_idx, *, is_init, points=None, labels=None, mask=None,
+                   prev_logits=None):
+    g = _grid(cfg)
+    feats, pos, _ = frames[frame_idx]
+    point_inputs = None
+    if points is not None:
+        point_inputs = {"point_coords": torch.from_numpy(points), "point_labels": torch.from_numpy(labels)}
+    from sam3_jax.parity.oracle import cuda_to_cpu
+
+    with torch.no_grad(), cuda_to_cpu():
+        out = model.track_step(
+            frame_idx=frame_idx, is_init_cond_frame=is_init, current_vision_feats=feats,
+            current_vision_pos_embeds=pos, feat_sizes=[(4 * g, 4 * g), (2 * g, 2 * g), (g, g)], image=None,
+            point_inputs=point_inputs, mask_inputs=None if mask is None else torch.from_numpy(mask),
+            output_dict=outputs, num_frames=NUM_FRAMES, run_mem_encoder=True,
+            prev_sam_mask_logits=None if prev_logits is None else torch.from_numpy(prev_logits),
+        )
+    return out
+
+
+def _np(x):
+    return x.detach().float().numpy()
+
+
+def _ours_step(params, cfg, frames, official_outputs, frame_idx, *, is_init, multimask, points=None, labels=None,
+               mask=None, prev_logits=None, pad_slots=0):
+    _, _, ours = frames[frame_idx]
+    bank = None
+    if not is_init and mask is None:
+        conds = list(official_outputs["cond_frame_outputs"])
+        non_conds = list(official_outputs["non_cond_frame_outputs"])
+        t = cfg.tracker
+        spatial, pointers, max_pos = select_memory_frames(
+            frame_idx, conds, non_conds, num_maskmem=t.num_maskmem, max_cond_frames_in_attn=4,
+            max_obj_ptrs_in_encoder=16, num_frames=NUM_FRAMES)
+        everything = {**official_outputs["cond_frame_outputs"], **official_outputs["non_cond_frame_outputs"]}
+        ours_out = {f: {"maskmem_features": _np(o["maskmem_features"]).transpose(0, 2, 3, 1),
+                        "obj_ptr": _np(o["obj_ptr"])} for f, o in everything.items()}
+        bank = memory_bank_from_outputs(ours_out, spatial, pointers, max_pos,
+                                        spatial_slots=len(spatial) + pad_slots,
+                                        pointer_slots=max(1, len(pointers)) + pad_slots)
+        if pad_slots:  # garbage in the invalid slots must not matter
+            bank = bank.replace(
+                features=jnp.where(bank.valid[..., None, None, None], bank.features, 7.0),
+                obj_ptrs=jnp.where(bank.ptr_valid[..., None], bank.obj_ptrs, -3.0),
+                tpos=jnp.where(bank.valid, bank.tpos, 2),
+            )
+
+    with jax.default_matmul_precision("highest"):
+        return _step_fn(cfg)(params, ours, bank, points, labels,
+                             None if mask is None else np.asarray(mask).transpose(0, 2, 3, 1),
+                             None if prev_logits is None else np.asarray(prev_logits).transpose(0, 2, 3, 1),
+                             is_init=is_init, multimask=multimask)
+
+
+_STEP_FNS: dict = {}
+
+
+def _step_fn(cfg):
+    """One jitted step per config (static flags pick the compiled variant)."""
+    if id(cfg) in _STEP_FNS:
+        return _STEP_FNS[id(cfg)]
+
+    @functools.partial(jax.jit, static_argnames=("is_init", "multimask"))
+    def step(params, feats, bank, points, labels, mask, prev_logits, *, is_init, multimask):
+        def body(module):
+            frame = module.prepare_frame(feats)
+            return module.track_step(frame, bank, points, labels, mask, prev_logits, is_init_cond_frame=is_init,
+                                     multimask_output=multimask)
+        return nn.apply(body, Sam3Tracker(cfg))({"params": params})
+    return _STEP_FNS.setdefault(id(cfg), step)
+
+
+def _compare(ours, ref, what):
+    pairs = {
+        "pred_masks": (ours["pred_masks"], _np(ref["pred_masks"])),
+        "pred_masks_high_res": (ours["pred_masks_high_res"], _np(ref["pred_masks_high_res"])),
+        "obj_ptr": (ours["obj_ptr"], _np(ref["obj_ptr"])),
+        "object_score_logits": (ours["object_score_logits"], _np(ref["object_score_logits"])),
+        "maskmem_features": (ours["maskmem_features"], _np(ref["maskmem_features"]).transpose(0, 2, 3, 1)),
+        "maskmem_pos_enc": (ours["maskmem_pos_enc"], _np(ref["maskmem_pos_enc"][-1]).transpose(0, 2, 3, 1)),
+    }
+    errs = {}
+    for k, (a, b) in pairs.items():
+        a = np.asarray(a)
+        assert a.shape == b.shape, f"{what} {k}: {a.shape} vs {b.shape}"
+        errs[k] = assert_parity(a, b, TOL, f"{what} {k}")
+    return errs
+
+
+@pytest.fixture(scope="module")
+def video_run(official, params, frames, tiny_cfg):
+    """Runs a 10-frame sequence through both trackers, comparing every step; returns the official
+    output dict and the per-step errors."""
+    model, _ = official
+    g, s = _grid(tiny_cfg), tiny_cfg.image_size
+    outputs = {"cond_frame_outputs": {}, "non_cond_frame_outputs": {}}
+    errs = {}
+    click = np.array([[[0.4 * s, 0.55 * s]]], np.float32)
+    one = np.array([[1]], np.int32)
+    # frame 0: one click on an initial conditioning frame (multimask: one point)
+    ref = _official_step(model, tiny_cfg, frames, outputs, 0, is_init=True, points=click, labels=one)
+    ours = _ours_step(params, tiny_cfg, frames, outputs, 0, is_init=True, multimask=True, points=click, labels=one)
+    errs[0] = _compare(ours, ref, "frame 0 (click)")
+    outputs["cond_frame_outputs"][0] = ref
+    for f in range(1, NUM_FRAMES):
+        if f == 4:  # a mask given on frame 4 (a conditioning frame)
+            mask = np.zeros((1, 1, s, s), np.float32)
+            mask[:, :, s // 4: s // 2, s // 3: 3 * s // 4] = 1
+            ref = _official_step(model, tiny_cfg, frames, outputs, f, is_init=False, mask=mask)
+            ours = _ours_step(params, tiny_cfg, frames, outputs, f, is_init=False, multimask=False, mask=mask)
+            outputs["cond_frame_outputs"][f] = ref
+        else:  # tracked (no prompt: zero points -> multimask output for tracking)
+            ref = _official_step(model, tiny_cfg, frames, outputs, f, is_init=False)
+            ours = _ours_step(params, tiny_cfg, frames, outputs, f, is_init=False, multimask=True)
+            outputs["non_cond_frame_outputs"][f] = ref
+        errs[f] = _compare(ours, ref, f"frame {f}")
+    return outputs, errs
+
+
+def test_track_steps_match_official(video_run):
+    _, errs = video_run
+    assert sorted(errs) == list(range(NUM_FRAMES))
+
+
+def test_refinement_click_with_previous_logits(official, params, frames, video_run, tiny_cfg):
+    """Clicks on a tracked frame with its previous low-res logits as the mask prompt (official
+    `prev_sam_mask_logits`), several points (no multimask)."""
+    model, _ = official
+    outputs, _ = video_run
+    s = tiny_cfg.image_size
+    f = 7
+    prev = _np(outputs["non_cond_frame_outputs"][f]["pred_masks"])
+    pts = np.array([[[0.3 * s, 0.3 * s], [0.7 * s, 0.6 * s], [0.5 * s, 0.9 * s]]], np.float32)
+    lab = np.array([[1, 0, 1]], np.int32)
+    rest = {"cond_frame_outputs": outputs["cond_frame_outputs"],
+            "non_cond_frame_outputs": {k: v for k, v in outputs["non_cond_frame_outputs"].items() if k < f}}
+    ref = _official_step(model, tiny_cfg, frames, rest, f, is_init=False, points=pts, labels=lab, prev_logits=prev)
+    ours = _ours_step(params, tiny_cfg, frames, rest, f, is_init=False, multimask=False, points=pts, labels=lab,
+                      prev_logits=prev)
+    _compare(ours, ref, "refinement")
+
+
+def test_empty_mask_input_means_no_object(official, params, frames, tiny_cfg):
+    """An empty mask given as a conditioning frame: object score -10, `no_obj_ptr`, and
+    `no_obj_embed_spatial` added to the memory, as the official."""
+    model, _ = official
+    s = tiny_cfg.image_size
+    mask = np.zeros((1, 1, s, s), np.float32)
+    outputs = {"cond_frame_outputs": {}, "non_cond_frame_outputs": {}}
+    ref = _official_step(model, tiny_cfg, frames, outputs, 2, is_init=True, mask=mask)
+    ours = _ours_step(params, tiny_cfg, frames, outputs, 2, is_init=True, multimask=False, mask=mask)
+    assert float(ref["object_score_logits"]) == -10.0
+    _compare(ours, ref, "empty mask")
+
+
+def test_padded_bank_equals_exact_bank(official, params, frames, video_run, tiny_cfg):
+    """Extra invalid slots holding garbage change nothing (the fixed-capacity bank)."""
+    outputs, _ = video_run
+    f = 9
+    rest = {"cond_frame_outputs": outputs["cond_frame_outputs"],
+            "non_cond_frame_outputs": {k: v for k, v in outputs["non_cond_frame_outputs"].items() if k < f}}
+    exact = _ours_step(params, tiny_cfg, frames, rest, f, is_init=False, multimask=True)
+    padded = _ours_step(params, tiny_cfg, frames, rest, f, is_init=False, multimask=True, pad_slots=3)
+    for k in ("pred_masks", "obj_ptr", "maskmem_features"):
+        np.testing.assert_allclose(np.asarray(padded[k]), np.asarray(exact[k]), atol=1e-5, rtol=1e-5, err_msg=k)
+
+
+def test_frame_selection():
+    sel = dict(num_maskmem=7, max_cond_frames_in_attn=4, max_obj_ptrs_in_encoder=16)
+    spatial, pointers, max_pos = select_memory_frames(9, [0, 4], [1, 2, 3, 5, 6, 7, 8], num_frames=10, **sel)
+    assert sorted(f for f, t in spatial if t == 0) == [0, 4]
+    # t_pos = num_maskmem - (frame_idx - f); frame 4 (a conditioning frame) is not taken twice
+    assert [(f, t) for f, t in spatial if t] == [(3, 1), (5, 3), (6, 4), (7, 5), (8, 6)]
+    assert max_pos == 10
+    assert sorted(pointers) == [(0, 9), (1, 8), (2, 7), (3, 6), (4, 5), (5, 4), (6, 3), (7, 2), (8, 1)]
+    # more conditioning frames than max_cond_frames_in_attn: the closest before and after, then by
+    # distance; the unselected ones (0, 20) serve as recent frames when they are recent
+    spatial, _, _ = select_memory_frames(10, [0, 2, 5, 8, 12, 20], [9], num_frames=30, **sel)
+    assert sorted(f for f, t in spatial if t == 0) == [2, 5, 8, 12]
+    assert [(f, t) for f, t in spatial if t] == [(9, 6)]
+    # reverse tracking: frames after the current one
+    spatial, pointers, _ = select_memory_frames(5, [9], [6, 7, 8], num_frames=10, reverse=True, **sel)
+    assert [(f, t) for f, t in spatial if t] == [(8, 4), (7, 5), (6, 6)]
+    assert sorted(pointers) == [(6, 1), (7, 2), (8, 3), (9, 4)]
+
+
+def test_full_size_key_set_converts(full_cfg):
+    table = {}
+    with open(os.path.join(FIXTURES, "sam3_official_keys.tsv")) as f:
+        for line in f:
+            if line.startswith("#") or not line.strip():
+                continue
+            key, shape, dtype = line.rstrip("\n").split("\t")
+            if key.startswith("tracker."):
+                table[key] = KeySpec(tuple(int(s) for s in shape.split("x")), np.dtype(dtype))
+    assert len(table) == FULL_TRACKER_KEYS
+    shapes = tracker_target_shapes(full_cfg)
+    assert count_params(shapes) == FULL_TRACKER_PARAMS
+    _, report = convert(table, {"tracker": shapes}, tracker_rules(full_cfg), dry_run=True, pending_parts={})
+    assert len(report.consumed) == FULL_TRACKER_KEYS and not report.pending
+
+
+def test_needs_memory_unless_initial(params, frames, tiny_cfg):
+    model = Sam3Tracker(tiny_cfg)
+    _, _, ours = frames[0]
+    with pytest.raises(ValueError, match="memory bank"):
+        nn.apply(lambda m: m.track_step(m.prepare_frame(ours), None, is_init_cond_frame=False,
+                                        multimask_output=True), model)({"params": params})
+
+
+def test_bank_capacity_error():
+    out = {0: {"maskmem_features": np.zeros((1, 2, 2, 4)), "obj_ptr": np.zeros((1, 8))}}
+    with pytest.raises(ValueError, match="exceed the capacities"):
+        memory_bank_from_outputs(out, [(0, 0), (0, 1)], [], 2, spatial_slots=1)
+    assert isinstance(memory_bank_from_outputs(out, [(0, 0)], [(0, 1)], 2), MemoryBank)
