@@ -63,14 +63,66 @@ def test_full_official_key_set_is_accounted_for(full_cfg):
 
 
 def test_full_official_key_set_image_model(full_cfg):
-    """Every detector key is converted; only the tracker is left, reported as such."""
+    """Every key of sam3.pt is converted: detector and tracker, nothing left over."""
     table = official_key_table()
-    _, report = convert_image_model(table, full_cfg, dry_run=True)
-    detector = [k for k in table if k.startswith("detector.")]
-    assert len(report.consumed) + len(report.recomputed) == len(detector) == 1156
+    params, report = convert_image_model(table, full_cfg, dry_run=True)
+    assert len(report.consumed) + len(report.recomputed) == len(table) == 1465
+    assert report.pending == {}
+    # The official video model's 860,055,224 parameters plus the prompt encoder's random-Fourier
+    # matrix (2 x 128), a buffer in torch and a (gradient-free) param here.
+    assert report.num_params == 860_055_224 + 256
+    assert sorted(params["tracker"]) == sorted([
+        "mask_downsample", "maskmem_backbone", "maskmem_tpos_enc", "no_mem_embed", "no_mem_pos_enc",
+        "no_obj_embed_spatial", "no_obj_ptr", "obj_ptr_proj", "obj_ptr_tpos_proj", "sam_mask_decoder",
+        "sam_prompt_encoder", "transformer"])
+
+
+def test_full_key_set_without_tracker(full_cfg):
+    """tracker=False converts the detector and reports the tracker as not converted."""
+    table = official_key_table()
+    _, report = convert_image_model(table, full_cfg, dry_run=True, tracker=False)
     assert {k: len(v) for k, v in report.pending.items()} == {"tracker (video)": 309}
     # 840,509,750 (official image model) + the tracker neck sam2_convs the checkpoint also holds.
     assert report.num_params == 840_509_750 + 7_802_112
+
+
+def test_image_model_layout_with_instance_interactivity(full_cfg):
+    """The image model built with enable_inst_interactivity keeps the tracker under
+    `inst_interactive_predictor.model.` (and no `detector.` prefix): it converts the same."""
+    table = {(k[len("detector."):] if k.startswith("detector.") else
+              "inst_interactive_predictor.model." + k[len("tracker."):]): v
+             for k, v in official_key_table().items()}
+    _, report = convert_image_model(table, full_cfg, dry_run=True)
+    assert report.pending == {} and report.num_params == 860_055_224 + 256
+    both = {**table, "tracker.no_obj_ptr": table["inst_interactive_predictor.model.no_obj_ptr"]}
+    with pytest.raises(ConversionError, match="two trackers"):
+        convert_image_model(both, full_cfg, dry_run=True)
+    missing = dict(table)
+    del missing["inst_interactive_predictor.model.obj_ptr_tpos_proj.weight"]
+    with pytest.raises(MissingKeyError, match=re.escape("inst_interactive_predictor.model.obj_ptr_tpos_proj.weight")):
+        convert_image_model(missing, full_cfg, dry_run=True)
+
+
+def test_tracker_required_but_absent(full_cfg):
+    table = {k: v for k, v in official_key_table().items() if not k.startswith("tracker.")}
+    with pytest.raises(MissingKeyError, match="no tracker"):
+        convert_image_model(table, full_cfg, dry_run=True, tracker=True)
+    _, report = convert_image_model(table, full_cfg, dry_run=True)
+    assert report.pending == {} and report.num_params == 840_509_750 + 7_802_112
+
+
+def test_tracker_key_errors_name_the_key(full_cfg):
+    table = official_key_table()
+    bad = dict(table)
+    bad["tracker.maskmem_tpos_enc"] = KeySpec((6, 1, 1, 64), np.dtype("float32"))
+    with pytest.raises(ShapeMismatchError, match=re.escape("tracker.maskmem_tpos_enc")):
+        convert_image_model(bad, full_cfg, dry_run=True)
+    extra = {**table, "tracker.extra_thing": KeySpec((3,), np.dtype("float32"))}
+    with pytest.raises(UnexpectedKeyError, match="tracker.extra_thing"):
+        convert_image_model(extra, full_cfg, dry_run=True)
+    ints = {**table, "tracker.no_obj_ptr": KeySpec((1, 256), np.dtype("int64"))}
+    with pytest.raises(DtypeError, match="tracker.no_obj_ptr"):
+        convert_image_model(ints, full_cfg, dry_run=True)
 
 
 @pytest.fixture(scope="module")
@@ -225,10 +277,16 @@ def test_full_checkpoint_shapes_rejected_by_tiny_config(tiny_cfg):
 
 
 def test_convert_weights_cli(tmp_path, tiny_image_state, tiny_cfg, repo_root, python):
+    """A sam3.pt with detector and tracker (tiny): one param tree, nothing left unconverted."""
     import torch
 
+    from sam3_jax.parity import oracle
+
+    torch.manual_seed(1)
+    tracker_state = {f"tracker.{k}": v for k, v in oracle.state_dict_numpy(oracle.build_tracker(tiny_cfg)).items()}
+    full_state = {**{f"detector.{k}": v for k, v in tiny_image_state.items()}, **tracker_state}
     ckpt = tmp_path / "sam3.pt"
-    torch.save({"model": {f"detector.{k}": torch.from_numpy(v) for k, v in tiny_image_state.items()}}, ckpt)
+    torch.save({"model": {k: torch.from_numpy(v) for k, v in full_state.items()}}, ckpt)
     out = tmp_path / "converted"
     cmd = [python, "convert_weights.py", "--checkpoint", str(ckpt), "--output", str(out),
            "--config", "configs/sam3.py:tiny"]
@@ -239,9 +297,9 @@ def test_convert_weights_cli(tmp_path, tiny_image_state, tiny_cfg, repo_root, py
     params, manifest = load_converted(str(out))
     assert manifest["source"]["sha256"] == sha256_file(str(ckpt))
     assert manifest["model_config"]["variant"] == "tiny"
-    assert manifest["num_params"] == 18_765_398
-    assert manifest["not_converted"] == {}
-    assert_trees_equal(params, convert_image_model(tiny_image_state, tiny_cfg)[0])
+    assert manifest["num_params"] == 18_765_398 + 6_382_978  # detector + tracker at the tiny config
+    assert manifest["not_converted"] == {} and manifest["tracker"] is True
+    assert_trees_equal(params, convert_image_model(full_state, tiny_cfg)[0])
     # Existing output is not overwritten without --overwrite.
     r = subprocess.run(cmd, cwd=repo_root, capture_output=True, text=True, timeout=300)
     assert r.returncode == 1 and "already exists" in r.stderr

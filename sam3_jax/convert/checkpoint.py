@@ -90,4 +90,6 @@ def build_manifest(*, source: str, cfg, report, dtype: str, params: Any) -> dict
         "num_param_arrays": len(leaves),
         "conversion": report.to_json(),
         "not_converted": {part: len(keys) for part, keys in report.pending.items()},
+        # whether the params hold the tracker (clicks, video): False for a detector-only checkpoint
+        "tracker": isinstance(params, dict) and "tracker" in params,
     }
