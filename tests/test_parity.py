@@ -20,9 +20,11 @@ from tests.conftest import assert_parity  # noqa: E402
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_all_stages_match_official(tiny_cfg, seed):
+    """Every stage; the tracker stages at one seed (tests/test_tracker_step.py covers more)."""
     from sam3_jax.parity.run import DETECTOR_OUTPUTS, run_parity
 
-    report = run_parity(tiny_cfg, seed=seed, batch=2, log=lambda *_: None)
+    tracker = seed == 0
+    report = run_parity(tiny_cfg, seed=seed, batch=2, tracker=tracker, log=lambda *_: None)
     assert all(name.startswith("skimage.data.") for name in report["images"])
     stages = {s["name"]: s for s in report["stages"]}
     expected = (
@@ -31,12 +33,19 @@ def test_all_stages_match_official(tiny_cfg, seed):
         + ["text.token_ids", "text.language_features", "text.language_mask", "text.language_embeds"]
         + [f"{kind}.{out}" for kind in ("text", "boxes", "text+boxes") for out in DETECTOR_OUTPUTS]
     )
+    if tracker:
+        tracker_stages = [n for n in stages if n.startswith("tracker.")]
+        for must in ("tracker.prompt_encoder.sparse", "tracker.prompt_encoder.dense", "tracker.memory_attention",
+                     "tracker.step_no_memory.obj_ptr", "tracker.step_no_memory.memory_encoder",
+                     "tracker.step_with_memory.maskmem_features", "tracker.step_with_memory.pred_masks_high_res"):
+            assert must in tracker_stages, must
+        expected += tracker_stages
     assert sorted(stages) == sorted(expected)
     for name, s in stages.items():
         assert s["ok"], f"{name}: max abs {s['max_abs']:.3e} > {s['tolerance']:.1e}"
-        if name.rsplit(".", 1)[-1] in DETECTOR_OUTPUTS:
+        if name.rsplit(".", 1)[-1] in DETECTOR_OUTPUTS and not name.startswith("tracker."):
             assert s["tolerance"] == 1e-4, name
-        elif name in ("text.token_ids", "text.language_mask"):
+        elif name in ("text.token_ids", "text.language_mask") or "mask_flips" in name:
             assert s["tolerance"] == 0.0, name
         else:
             assert s["tolerance"] == 1e-5, name
@@ -76,7 +85,8 @@ def test_block_outputs_match_official(tiny_cfg):
 
 def test_parity_cli_report_and_exit_status(tmp_path, repo_root, python):
     report_path = tmp_path / "parity.json"
-    cmd = [python, "-m", "sam3_jax.parity", "--config", "configs/sam3.py:tiny", "--seed", "4", "--report", str(report_path)]
+    cmd = [python, "-m", "sam3_jax.parity", "--config", "configs/sam3.py:tiny", "--seed", "4", "--notracker",
+           "--report", str(report_path)]
     r = subprocess.run(cmd, cwd=repo_root, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "PASS: 45/45 stages" in r.stdout
@@ -95,10 +105,15 @@ def test_parity_with_checkpoint_file(tmp_path, tiny_cfg):
     from sam3_jax.parity.run import run_parity
 
     state = oracle.random_image_model(tiny_cfg, seed=21).state_dict()
+    torch.manual_seed(21)
+    tracker = oracle.build_tracker(tiny_cfg)
+    oracle.perturb_all_(tracker, 21)
     ckpt = tmp_path / "sam3.pt"
-    torch.save({"model": {f"detector.{k}": v for k, v in state.items()}}, ckpt)
+    torch.save({"model": {**{f"detector.{k}": v for k, v in state.items()},
+                          **{f"tracker.{k}": v for k, v in tracker.state_dict().items()}}}, ckpt)
     report = run_parity(tiny_cfg, seed=0, checkpoint=str(ckpt), log=lambda *_: None)
     assert report["ok"], [s for s in report["stages"] if not s["ok"]]
+    assert any(s["name"].startswith("tracker.") for s in report["stages"])  # the tracker read from the file
     assert report["checkpoint"] == str(ckpt)
     # The file is what both sides read: a file lacking a backbone tensor is refused, naming it.
     for key in ("backbone.vision_backbone.trunk.blocks.1.norm2.weight", "transformer.decoder.norm.bias"):

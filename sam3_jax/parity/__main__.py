@@ -22,6 +22,8 @@ _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Official sam3.pt (or .saf
 _TOL = flags.DEFINE_float("tolerance", 1e-5, "Max abs error allowed per float encoder stage, times max |official| where that exceeds 1.")
 _DET_TOL = flags.DEFINE_float("detector_tolerance", 1e-4, "Max abs error allowed per detector output, times max |official| where that exceeds 1.")
 _REPORT = flags.DEFINE_string("report", None, "Where to write the JSON report (default: print only).")
+_TRACKER = flags.DEFINE_bool("tracker", True, "Also compare the tracker stages (prompt encoder, mask decoder, memory "
+                              "encoder, memory attention, object pointer, track steps without / with memory).")
 _TEXTS = flags.DEFINE_multi_string("text", None, "Text prompt(s) (repeat the flag); default: two built-in phrases.")
 
 
@@ -43,6 +45,7 @@ def main(argv):
         checkpoint=_CHECKPOINT.value,
         tolerance=_TOL.value,
         detector_tolerance=_DET_TOL.value,
+        tracker=_TRACKER.value,
     )
     if _REPORT.value:
         write_report(report, _REPORT.value)

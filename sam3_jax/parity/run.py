@@ -44,7 +44,7 @@ class StageResult:
     def row(self) -> str:
         status = "ok" if self.ok else "FAIL"
         return (
-            f"{self.name:<34} {str(self.shape):<22} {self.max_abs:>11.3e} {self.max_rel:>11.3e} "
+            f"{self.name:<46} {str(self.shape):<22} {self.max_abs:>11.3e} {self.max_rel:>11.3e} "
             f"{self.tolerance:>9.1e}  {status}"
         )
 
@@ -172,11 +172,13 @@ def run_parity(
     checkpoint: str | None = None,
     tolerance: float = 1e-5,
     detector_tolerance: float = 1e-4,
+    tracker: bool = True,
     log=print,
 ) -> dict[str, Any]:
     """Builds (or loads) the official detector, converts it, runs both on the same photos and
     prompts, and compares every stage: encoders at `tolerance`, detector outputs (three prompt
-    kinds) at `detector_tolerance`."""
+    kinds) at `detector_tolerance`; with `tracker`, the tracker stages (`parity/tracker.py`) at
+    `tolerance`."""
     from sam3_jax.convert import convert_image_model
     from sam3_jax.model.tokenizer import ClipTokenizer
     from sam3_jax.parity import oracle
@@ -238,7 +240,22 @@ def run_parity(
         for name in DETECTOR_OUTPUTS:
             stages.append(compare(f"{kind}.{name}", ours_det[kind][name], ref_det[kind][name], detector_tolerance))
 
-    header = f"{'stage':<34} {'shape':<22} {'max abs':>11} {'max rel':>11} {'tol':>9}  status"
+    timings = {"official_forward": t_ref, "jax_forward_incl_compile": t_ours}
+    if tracker and checkpoint:
+        from sam3_jax.convert.convert import normalize_keys, tracker_source
+
+        if tracker_source(normalize_keys(state)) is None:
+            log("the checkpoint holds no tracker: tracker stages skipped")
+            tracker = False
+    if tracker:
+        from sam3_jax.parity.tracker import run_tracker_parity
+
+        tracker_stages, t = run_tracker_parity(cfg, seed=seed, state=state if checkpoint else None,
+                                               tolerance=tolerance, log=log)
+        stages += tracker_stages
+        timings.update(t)
+
+    header = f"{'stage':<46} {'shape':<22} {'max abs':>11} {'max rel':>11} {'tol':>9}  status"
     log(header)
     log("-" * len(header))
     for s in stages:
@@ -253,9 +270,9 @@ def run_parity(
         "checkpoint": checkpoint,
         "images": image_names,
         "texts": texts,
-        "tolerance": {"encoders": tolerance, "detector": detector_tolerance},
+        "tolerance": {"encoders": tolerance, "detector": detector_tolerance, "tracker": tolerance},
         "matmul_precision": str(jax.config.jax_default_matmul_precision),
-        "seconds": {"official_forward": t_ref, "jax_forward_incl_compile": t_ours},
+        "seconds": timings,
         "conversion": report.to_json(),
         "stages": [{**dataclasses.asdict(s), "ok": s.ok, "shape": list(s.shape)} for s in stages],
     }
