@@ -225,3 +225,18 @@ def test_bank_capacity_error():
     with pytest.raises(ValueError, match="exceed the capacities"):
         memory_bank_from_outputs(out, [(0, 0), (0, 1)], [], 2, spatial_slots=1)
     assert isinstance(memory_bank_from_outputs(out, [(0, 0)], [(0, 1)], 2), MemoryBank)
+
+
+def test_every_tracker_param_has_logical_axes(tiny_cfg):
+    from sam3_jax.model.tracker.tracker import tracker_init_inputs
+
+    def init(key):
+        frame, bank = tracker_init_inputs(tiny_cfg)
+        return Sam3Tracker(tiny_cfg).init(key, frame, bank)["params"]
+
+    boxed = jax.eval_shape(init, jax.random.key(0))
+    leaves = jax.tree_util.tree_leaves_with_path(boxed, is_leaf=lambda x: isinstance(x, nn.Partitioned))
+    assert len(leaves) > 200
+    for path, leaf in leaves:
+        assert isinstance(leaf, nn.LogicallyPartitioned), f"{jax.tree_util.keystr(path)} has no logical axes"
+        assert len(leaf.names) == leaf.value.ndim, jax.tree_util.keystr(path)
