@@ -393,29 +393,123 @@ def build_sam_heads(cfg) -> "torch.nn.Module":
     return container.eval()
 
 
-def build_image_model(cfg, *, enable_segmentation: bool = True) -> "torch.nn.Module":
+def build_tracker(cfg) -> "torch.nn.Module":
+    """The official `Sam3TrackerPredictor` at the sizes of a model config, assembled with the
+    arguments `sam3.model_builder.build_tracker(apply_temporal_disambiguation=False)` gives it
+    (no backbone of its own). Its parts are made by the official constructors with the arguments of
+    `_create_tracker_maskmem_backbone` and `_create_tracker_transformer`, the released sizes
+    replaced by cfg's: mask embedding and CXBlock width cfg.tracker.d_model, memory channels (and
+    sine position channels) cfg.tracker.mem_dim, masks interpolated to 16g x 16g (1152 at full
+    size), RoPE tables for the g x g grid, cfg.tracker.memory_attention_layers layers of MLP
+    width cfg.tracker.dim_feedforward; image_size cfg.image_size and backbone stride
+    cfg.vit.patch_size (g = image_size // patch_size). Dropout rates are the official ones (they
+    only act in training; the module is returned in eval mode). The SAM heads are built by the
+    tracker itself (`_build_sam_heads`), which hard-codes their sizes as `cfg.tracker.sam` records."""
+    try:
+        from sam3.model.decoder import TransformerDecoderLayerv2, TransformerEncoderCrossAttention
+        from sam3.model.memory import CXBlock, SimpleFuser, SimpleMaskDownSampler, SimpleMaskEncoder
+        from sam3.model.model_misc import TransformerWrapper
+        from sam3.model.position_encoding import PositionEmbeddingSine
+        from sam3.model.sam3_tracking_predictor import Sam3TrackerPredictor
+        from sam3.sam.transformer import RoPEAttention
+    except ImportError as e:
+        raise ImportError(
+            f"the official SAM 3 package (sam3=={OFFICIAL_VERSION}) is not installed; pip install -e '.[parity]'"
+        ) from e
+    t = cfg.tracker
+    g = cfg.image_size // cfg.vit.patch_size
+    with cuda_to_cpu():
+        # _create_tracker_maskmem_backbone
+        maskmem_backbone = SimpleMaskEncoder(
+            out_dim=t.mem_dim,
+            position_encoding=PositionEmbeddingSine(
+                num_pos_feats=t.mem_dim, normalize=True, scale=None, temperature=10000,
+                precompute_resolution=cfg.image_size,
+            ),
+            mask_downsampler=SimpleMaskDownSampler(
+                embed_dim=t.d_model, kernel_size=3, stride=2, padding=1, interpol_size=[16 * g, 16 * g],
+            ),
+            fuser=SimpleFuser(
+                layer=CXBlock(dim=t.d_model, kernel_size=7, padding=3, layer_scale_init_value=1.0e-06,
+                              use_dwconv=True),
+                num_layers=2,
+            ),
+            in_dim=t.d_model,
+        )
+        # _create_tracker_transformer
+        rope = dict(embedding_dim=t.d_model, num_heads=1, downsample_rate=1, dropout=0.1, rope_theta=10000.0,
+                    feat_sizes=[g, g], use_fa3=False, use_rope_real=False)
+        self_attention = RoPEAttention(**rope)
+        cross_attention = RoPEAttention(kv_in_dim=t.mem_dim, rope_k_repeat=True, **rope)
+        layer = TransformerDecoderLayerv2(
+            cross_attention_first=False, activation="relu", dim_feedforward=t.dim_feedforward, dropout=0.1,
+            pos_enc_at_attn=False, pre_norm=True, self_attention=self_attention, d_model=t.d_model,
+            pos_enc_at_cross_attn_keys=True, pos_enc_at_cross_attn_queries=False, cross_attention=cross_attention,
+        )
+        encoder = TransformerEncoderCrossAttention(
+            remove_cross_attention_layers=[], batch_first=True, d_model=t.d_model, frozen=False,
+            pos_enc_at_input=True, layer=layer, num_layers=t.memory_attention_layers, use_act_checkpoint=False,
+        )
+        transformer = TransformerWrapper(encoder=encoder, decoder=None, d_model=t.d_model)
+        s = t.sam
+        tracker = Sam3TrackerPredictor(
+            image_size=cfg.image_size, num_maskmem=t.num_maskmem, backbone=None, backbone_stride=cfg.vit.patch_size,
+            transformer=transformer, maskmem_backbone=maskmem_backbone,
+            multimask_output_in_sam=True, forward_backbone_per_frame_for_eval=True,
+            trim_past_non_cond_mem_for_eval=False, multimask_output_for_tracking=True, multimask_min_pt_num=0,
+            multimask_max_pt_num=1, always_start_from_first_ann_frame=False, non_overlap_masks_for_mem_enc=False,
+            non_overlap_masks_for_output=False, max_cond_frames_in_attn=4, offload_output_to_cpu_for_eval=False,
+            sam_mask_decoder_extra_args={
+                "dynamic_multimask_via_stability": s.dynamic_multimask_via_stability,
+                "dynamic_multimask_stability_delta": s.dynamic_multimask_stability_delta,
+                "dynamic_multimask_stability_thresh": s.dynamic_multimask_stability_thresh,
+            },
+            clear_non_cond_mem_around_input=True, fill_hole_area=0, use_memory_selection=False,
+        )
+    return tracker.eval()
+
+
+def build_image_model(cfg, *, enable_segmentation: bool = True, enable_inst_interactivity: bool = False,
+                      ) -> "torch.nn.Module":
     """The official `Sam3Image` (detector) at the sizes of a model config, assembled from the official
     constructors exactly as `sam3.model_builder.build_sam3_image_model` assembles the released one
-    (dropout 0, eval mode). Its state-dict keys are the image-model layout (no `detector.` prefix)."""
+    (dropout 0, eval mode). Its state-dict keys are the image-model layout (no `detector.` prefix).
+
+    enable_inst_interactivity: also build the tracker (`build_tracker`, after every detector part,
+    as the official builder orders them) and wrap it in the official
+    `SAM3InteractiveImagePredictor` (keys `inst_interactive_predictor.model.*`), for
+    `predict_inst`. Its `_bb_feat_sizes` (hard-coded to the 1008-px sizes officially) are set to
+    cfg's (4g, 2g, g). The tracker neck (`sam2_convs`) is built whenever cfg.neck.add_sam2_neck
+    (as `build_backbone` does; the official builder ties it to enable_inst_interactivity)."""
     sam3_image = _detector_modules().sam3_image
+    if enable_inst_interactivity and not cfg.neck.add_sam2_neck:
+        raise ValueError("instance interactivity needs the tracker neck: cfg.neck.add_sam2_neck must be True")
     with cuda_to_cpu():
         backbone = build_backbone(cfg).backbone
         transformer = build_transformer(cfg)
         scoring = build_dot_product_scoring(cfg)
         seg = build_segmentation_head(cfg) if enable_segmentation else None
         geometry = build_geometry_encoder(cfg)
+        inst_predictor = None
+        if enable_inst_interactivity:
+            from sam3.model.sam1_task_predictor import SAM3InteractiveImagePredictor
+
+            inst_predictor = SAM3InteractiveImagePredictor(build_tracker(cfg))
+            g = cfg.image_size // cfg.vit.patch_size
+            inst_predictor._bb_feat_sizes = [(4 * g, 4 * g), (2 * g, 2 * g), (g, g)]
         model = sam3_image.Sam3Image(
             backbone=backbone, transformer=transformer, input_geometry_encoder=geometry, segmentation_head=seg,
             num_feature_levels=1, o2m_mask_predict=True, dot_prod_scoring=scoring, use_instance_query=False,
-            multimask_output=True, inst_interactive_predictor=None, matcher=None,
+            multimask_output=True, inst_interactive_predictor=inst_predictor, matcher=None,
         )
     return model.eval()
 
 
-def random_image_model(cfg, seed: int) -> "torch.nn.Module":
-    """The official detector with seeded random weights plus per-tensor noise."""
+def random_image_model(cfg, seed: int, *, enable_inst_interactivity: bool = False) -> "torch.nn.Module":
+    """The official detector (with the instance-interactivity tracker if asked) with seeded random
+    weights plus per-tensor noise."""
     torch.manual_seed(seed)
-    model = build_image_model(cfg)
+    model = build_image_model(cfg, enable_inst_interactivity=enable_inst_interactivity)
     init_uninitialized_(model, seed)
     perturb_all_(model, seed)
     return model
