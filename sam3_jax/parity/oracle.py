@@ -495,29 +495,47 @@ def build_tracker(cfg) -> "torch.nn.Module":
     return model.eval()
 
 
-def build_image_model(cfg, *, enable_segmentation: bool = True) -> "torch.nn.Module":
+def build_image_model(cfg, *, enable_segmentation: bool = True, enable_inst_interactivity: bool = False,
+                      ) -> "torch.nn.Module":
     """The official `Sam3Image` (detector) at the sizes of a model config, assembled from the official
     constructors exactly as `sam3.model_builder.build_sam3_image_model` assembles the released one
-    (dropout 0, eval mode). Its state-dict keys are the image-model layout (no `detector.` prefix)."""
+    (dropout 0, eval mode). Its state-dict keys are the image-model layout (no `detector.` prefix).
+
+    enable_inst_interactivity: also build the tracker (`build_tracker`, after every detector part,
+    as the official builder orders them) and wrap it in the official
+    `SAM3InteractiveImagePredictor` (keys `inst_interactive_predictor.model.*`), for
+    `predict_inst`. Its `_bb_feat_sizes` (hard-coded to the 1008-px sizes officially) are set to
+    cfg's (4g, 2g, g). The tracker neck (`sam2_convs`) is built whenever cfg.neck.add_sam2_neck
+    (as `build_backbone` does; the official builder ties it to enable_inst_interactivity)."""
     sam3_image = _detector_modules().sam3_image
+    if enable_inst_interactivity and not cfg.neck.add_sam2_neck:
+        raise ValueError("instance interactivity needs the tracker neck: cfg.neck.add_sam2_neck must be True")
     with cuda_to_cpu():
         backbone = build_backbone(cfg).backbone
         transformer = build_transformer(cfg)
         scoring = build_dot_product_scoring(cfg)
         seg = build_segmentation_head(cfg) if enable_segmentation else None
         geometry = build_geometry_encoder(cfg)
+        inst_predictor = None
+        if enable_inst_interactivity:
+            from sam3.model.sam1_task_predictor import SAM3InteractiveImagePredictor
+
+            inst_predictor = SAM3InteractiveImagePredictor(build_tracker(cfg))
+            g = cfg.image_size // cfg.vit.patch_size
+            inst_predictor._bb_feat_sizes = [(4 * g, 4 * g), (2 * g, 2 * g), (g, g)]
         model = sam3_image.Sam3Image(
             backbone=backbone, transformer=transformer, input_geometry_encoder=geometry, segmentation_head=seg,
             num_feature_levels=1, o2m_mask_predict=True, dot_prod_scoring=scoring, use_instance_query=False,
-            multimask_output=True, inst_interactive_predictor=None, matcher=None,
+            multimask_output=True, inst_interactive_predictor=inst_predictor, matcher=None,
         )
     return model.eval()
 
 
-def random_image_model(cfg, seed: int) -> "torch.nn.Module":
-    """The official detector with seeded random weights plus per-tensor noise."""
+def random_image_model(cfg, seed: int, *, enable_inst_interactivity: bool = False) -> "torch.nn.Module":
+    """The official detector (with the instance-interactivity tracker if asked) with seeded random
+    weights plus per-tensor noise."""
     torch.manual_seed(seed)
-    model = build_image_model(cfg)
+    model = build_image_model(cfg, enable_inst_interactivity=enable_inst_interactivity)
     init_uninitialized_(model, seed)
     perturb_all_(model, seed)
     return model

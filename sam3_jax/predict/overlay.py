@@ -1,4 +1,5 @@
-"""Overlay pictures of predictor outputs: masks tinted, boxes and scores drawn on the image."""
+"""Overlay pictures of predictor outputs: masks tinted, boxes and scores drawn on the image; instance
+prompts (clicks, a box) drawn on top."""
 
 from __future__ import annotations
 
@@ -28,4 +29,19 @@ def overlay(image: np.ndarray, masks: np.ndarray, boxes: np.ndarray, scores: Seq
         x0, y0, x1, y1 = (float(v) for v in box)
         draw.rectangle([x0, y0, x1, y1], outline=color, width=max(1, min(pil.size) // 200))
         draw.text((x0 + 2, y0 + 2), f"{score:.2f}", fill=color)
+    return pil
+
+
+def draw_prompts(pil, points=None, point_labels=None, box=None):
+    """Draws instance prompts on a PIL image (in place, returned): clicks as discs (green positive,
+    red negative, grey other labels) and the prompt box as a white rectangle."""
+    from PIL import ImageDraw
+
+    draw = ImageDraw.Draw(pil)
+    r = max(2, min(pil.size) // 100)
+    if box is not None:
+        draw.rectangle([float(v) for v in box], outline=(255, 255, 255), width=max(1, min(pil.size) // 200))
+    for (x, y), lab in zip(points if points is not None else [], point_labels if point_labels is not None else []):
+        color = {1: (0, 200, 0), 0: (220, 0, 0)}.get(int(lab), (128, 128, 128))
+        draw.ellipse([x - r, y - r, x + r, y + r], fill=color, outline=(255, 255, 255))
     return pil

@@ -5,12 +5,22 @@
     out = predictor.predict(text="a dog")           # masks (N,H,W) bool, boxes (N,4) xyxy px, scores (N,)
     out = predictor.predict(boxes=[[x0, y0, x1, y1]], box_labels=[True])   # exemplar boxes only
     outs = predictor.predict_batch(texts=["a dog", "a cat"])               # one jitted call
+    inst = predictor.predict_instance(points=[[120, 80]], point_labels=[1])  # clicks / box / mask
+    inst = predictor.predict_instance(points=[[120, 80], [60, 90]], point_labels=[1, 0],
+                                      mask_input=inst["low_res_logits"][[inst["iou"].argmax()]])
 
 Post-processing follows the official `Sam3Processor`: score = sigmoid(logit) * sigmoid(presence),
 keep score > threshold (no NMS), boxes cxcywh -> xyxy scaled to the original size, mask logits
 resized bilinearly (torch semantics) to the original size, then sigmoid > 0.5. Results are in
 query order. Compiled functions are cached per input shape: prompts are padded to fixed sizes
 (box count to a multiple of 4, kept-mask count to a power of two), so repeated calls reuse them.
+
+Instance prompts (`predict_instance`, the official `Sam3Image.predict_inst`) segment one object per
+prompt with the tracker's SAM heads; they need a checkpoint converted with the tracker (a `tracker`
+subtree in the params). `set_image` then also caches the tracker neck's projected high-resolution
+levels and the g-level embedding (+ `no_mem_embed`), so a click only runs the prompt encoder, the
+mask decoder and the post-processing (`sam3_jax.model.tracker.instance`). The compiled click
+function is cached per (batch, number of points, box or not, mask or not, multimask, image size).
 """
 
 from __future__ import annotations
@@ -25,6 +35,8 @@ import numpy as np
 from sam3_jax.formats.image import preprocess, to_uint8_rgb
 from sam3_jax.layers.resize import resize_bilinear
 from sam3_jax.model.tokenizer import ClipTokenizer
+from sam3_jax.model.tracker import instance
+from sam3_jax.model.tracker.prompt_encoder import check_point_labels
 
 VISUAL_PROMPT_TEXT = "visual"  # what the official processor encodes when only boxes are given
 
@@ -48,13 +60,31 @@ class Sam3ImagePredictor:
         self.resolution = int(model_config.image_size)
         self.context_length = int(model_config.text.context_length)
         self._image_out = None
+        self._inst_features = None
         self._orig_hw: Optional[tuple[int, int]] = None
         self._image = None
         model = self.model
+        cfg = model_config
+        # The detector's apply sees only its own parts; the tracker's SAM heads (if converted) are
+        # used by the instance path.
+        self._detector_params = {k: v for k, v in params.items() if k != "tracker"}
+        try:
+            self._heads = instance.tracker_heads(params)
+            self._no_heads_error = None
+        except ValueError as e:
+            self._heads, self._no_heads_error = None, str(e)
+        if self._heads is not None and not model_config.neck.add_sam2_neck:
+            self._heads, self._no_heads_error = None, (
+                "instance prompts need the tracker neck, but this model config has neck.add_sam2_neck=False")
 
         @jax.jit
-        def encode_image(params, images):
-            return model.apply({"params": params}, images, method=type(model).forward_image_for_grounding)
+        def encode_image(params, heads, images):
+            out = model.apply({"params": params}, images, method=type(model).forward_image)
+            image_out = {"backbone_fpn": out["backbone_fpn"], "vision_pos_enc": out["vision_pos_enc"]}
+            inst = None
+            if heads is not None:
+                inst = instance.image_features(cfg, heads, out["sam2_backbone_out"]["backbone_fpn"])
+            return image_out, inst
 
         @jax.jit
         def ground(params, image_out, tokens, boxes, box_labels, box_mask):
@@ -65,8 +95,14 @@ class Sam3ImagePredictor:
             scores = jax.nn.sigmoid(out["pred_logits"][..., 0]) * jax.nn.sigmoid(out["presence_logit_dec"])
             return {"scores": scores, "pred_boxes_xyxy": out["pred_boxes_xyxy"], "pred_masks": out["pred_masks"]}
 
+        @functools.partial(jax.jit, static_argnames=("orig_hw", "multimask_output"))
+        def segment_instances(heads, features, points, labels, mask_input, *, orig_hw, multimask_output):
+            return instance.predict(cfg, heads, features, points, labels, mask_input, orig_hw=orig_hw,
+                                    multimask_output=multimask_output)
+
         self._encode_image = encode_image
         self._ground = ground
+        self._segment_instances = segment_instances
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -74,7 +110,7 @@ class Sam3ImagePredictor:
         """Loads a directory written by `convert_weights.py` (or a training checkpoint export)."""
         import ml_collections
 
-        from sam3_jax.convert.checkpoint import load_converted, read_manifest
+        from sam3_jax.convert.checkpoint import load_converted, read_manifest, stored_param_tree
         from sam3_jax.model.sam3_image import DETECTOR_PARTS, image_model_target_shapes
 
         manifest = read_manifest(ckpt_dir)
@@ -85,7 +121,15 @@ class Sam3ImagePredictor:
                 "convert the official checkpoint again"
             )
         cfg = ml_collections.ConfigDict(manifest["model_config"])
-        target = image_model_target_shapes(cfg, dtype=jnp.dtype(manifest.get("dtype", "float32")))
+        dtype = jnp.dtype(manifest.get("dtype", "float32"))
+        target = image_model_target_shapes(cfg, dtype=dtype)
+        stored_tracker = stored_param_tree(ckpt_dir).get("tracker")
+        if stored_tracker is not None:  # converted with the tracker: restore that subtree as stored
+            target["tracker"] = jax.tree_util.tree_map(
+                lambda m: jax.ShapeDtypeStruct(
+                    tuple(m.shape), dtype if jnp.issubdtype(m.dtype, jnp.floating) else m.dtype),
+                stored_tracker,
+            )
         params, _ = load_converted(ckpt_dir, target)
         return cls(params, cfg)
 
@@ -95,12 +139,12 @@ class Sam3ImagePredictor:
         img = to_uint8_rgb(image)
         self._orig_hw = (int(img.shape[0]), int(img.shape[1]))
         x = preprocess(img, self.resolution)[None]
-        self._image_out = self._encode_image(self.params, jnp.asarray(x))
+        self._image_out, self._inst_features = self._encode_image(self._detector_params, self._heads, jnp.asarray(x))
         self._image = img
 
-    def _require_image(self) -> None:
+    def _require_image(self, method: str = "predict") -> None:
         if self._image_out is None:
-            raise RuntimeError("call set_image(image) before predict()")
+            raise RuntimeError(f"call set_image(image) before {method}()")
 
     # ------------------------------------------------------------------ prompts
     def _tokens(self, texts: Sequence[str]) -> np.ndarray:
@@ -170,7 +214,7 @@ class Sam3ImagePredictor:
         cxcywh, lab, mask = self._boxes(boxes, box_labels)
         p = len(texts)
         cxcywh, lab, mask = (np.repeat(a, p, axis=0) for a in (cxcywh, lab, mask))
-        return self._ground(self.params, self._image_out, jnp.asarray(tokens), jnp.asarray(cxcywh),
+        return self._ground(self._detector_params, self._image_out, jnp.asarray(tokens), jnp.asarray(cxcywh),
                             jnp.asarray(lab), jnp.asarray(mask))
 
     def predict(self, text: Optional[str] = None, boxes=None, box_labels=None, threshold: float = 0.5) -> dict:
@@ -200,6 +244,144 @@ class Sam3ImagePredictor:
             self._postprocess(out["scores"][i], out["pred_boxes_xyxy"][i], out["pred_masks"][i], threshold)
             for i in range(len(texts))
         ]
+
+    # ------------------------------------------------------------------ instance prompts
+    def predict_instance(self, points=None, point_labels=None, box=None, mask_input=None,
+                         multimask_output: bool = True) -> dict[str, np.ndarray]:
+        """Segments one object per prompt with clicks, a box and / or a previous mask (the official
+        `Sam3Image.predict_inst`, equal to it to fp32 rounding).
+
+        One prompt: points (N, 2) (x, y) pixels of the original image with point_labels (N,)
+        (1 positive, 0 negative; the official prompt encoder also takes -1 "not a point" and 2 / 3
+        box corners), box (4,) [x0, y0, x1, y1] pixels, mask_input (1, 4g, 4g) low-res logits
+        from a previous round (`low_res_logits[[k]]`). Returns masks (K, H, W) bool, iou (K,)
+        float32 (predicted IoU of each mask) and low_res_logits (K, 4g, 4g) float32 clamped to
+        [-32, 32], with K = 3 when multimask_output else 1 (the official dynamic selection).
+
+        B prompts at once (one jitted call): points (B, N, 2) with point_labels (B, N) (the same N
+        for every prompt), box (B, 4), mask_input (B, 1, 4g, 4g); outputs gain a leading B axis
+        (also for B = 1, where the official code drops it).
+
+        Give points (with labels), a box, a mask, or any mix; a box comes before the clicks as two
+        corner points, as in the official code.
+        """
+        heads = self._require_heads()
+        self._require_image("predict_instance")
+        pts, labels, bx, mask, batch = self._instance_prompts(points, point_labels, box, mask_input)
+        if not isinstance(multimask_output, (bool, np.bool_)):
+            raise TypeError(f"multimask_output must be a bool, got {type(multimask_output).__name__}")
+        p, lab = instance.prompt_points(pts, labels, bx, self._orig_hw, self.resolution)
+        out = self._segment_instances(
+            heads, self._inst_features, None if p is None else jnp.asarray(p),
+            None if lab is None else jnp.asarray(lab), None if mask is None else jnp.asarray(mask, jnp.float32),
+            orig_hw=self._orig_hw, multimask_output=bool(multimask_output),
+        )
+        res = {k: np.asarray(v) for k, v in out.items()}
+        if not batch:
+            res = {k: v[0] for k, v in res.items()}
+        return res
+
+    def _require_heads(self) -> Any:
+        if self._heads is None:
+            raise ValueError(self._no_heads_error)
+        return self._heads
+
+    @property
+    def low_res_size(self) -> int:
+        """Side of the low-res mask logits (4g): the shape mask_input takes."""
+        return 4 * (self.resolution // int(self.config.vit.patch_size))
+
+    def _instance_prompts(self, points, point_labels, box, mask_input):
+        """Checks instance prompts; returns batched (B, ...) numpy arrays (or None) and whether the
+        input was batched."""
+        h, w = self._orig_hw
+        sizes: dict[str, int] = {}  # argument -> batch size, for the batched forms
+        singles: list[str] = []
+
+        pts = labels = None
+        if points is None and point_labels is not None:
+            raise ValueError("point_labels given without points")
+        if points is not None:
+            if point_labels is None:
+                raise ValueError("points given without point_labels (1 = positive click, 0 = negative)")
+            pts = _as_float_array(points, "points")
+            if pts.ndim not in (2, 3) or pts.shape[-1] != 2:
+                raise ValueError(f"points must have shape (N, 2) or (B, N, 2) as (x, y) pixels, got {pts.shape}")
+            if pts.shape[-2] == 0:
+                raise ValueError("points must hold at least one point (or pass points=None)")
+            labels = np.asarray(point_labels)
+            if labels.shape != pts.shape[:-1]:
+                raise ValueError(f"point_labels must have shape {pts.shape[:-1]} to match points {pts.shape}, "
+                                 f"got {labels.shape}")
+            check_point_labels(labels, "point_labels")
+            labels = labels.astype(np.int32)
+            bad = ~((pts[..., 0] >= 0) & (pts[..., 0] <= w) & (pts[..., 1] >= 0) & (pts[..., 1] <= h))
+            if bad.any():
+                where = tuple(int(i) for i in np.argwhere(bad)[0])
+                raise ValueError(f"points {pts[where].tolist()} (at index {where}) lies outside the {w}x{h} image "
+                                 f"(x must be in [0, {w}], y in [0, {h}])")
+            if pts.ndim == 3:
+                sizes["points"] = pts.shape[0]
+            else:
+                singles.append("points")
+                pts, labels = pts[None], labels[None]
+
+        bx = None
+        if box is not None:
+            bx = _as_float_array(box, "box")
+            if bx.shape != (4,) and not (bx.ndim == 2 and bx.shape[1] == 4):
+                raise ValueError(f"box must have shape (4,) or (B, 4) as [x0, y0, x1, y1] pixels, got {bx.shape}")
+            rows = bx.reshape(-1, 4)
+            for i, (x0, y0, x1, y1) in enumerate(rows):
+                if x1 < x0 or y1 < y0:
+                    raise ValueError(f"box {rows[i].tolist()} has x1 < x0 or y1 < y0 (expected [x0, y0, x1, y1])")
+                if x0 < 0 or y0 < 0 or x1 > w or y1 > h:
+                    raise ValueError(f"box {rows[i].tolist()} lies outside the {w}x{h} image")
+            if bx.ndim == 2:
+                sizes["box"] = bx.shape[0]
+            else:
+                singles.append("box")
+                bx = bx[None]
+
+        mask = None
+        if mask_input is not None:
+            s = self.low_res_size
+            mask = _as_float_array(mask_input, "mask_input")
+            if mask.shape == (1, s, s):
+                singles.append("mask_input")
+                mask = mask[None]
+            elif mask.ndim == 4 and mask.shape[1:] == (1, s, s):
+                sizes["mask_input"] = mask.shape[0]
+            else:
+                raise ValueError(f"mask_input must have shape (1, {s}, {s}) or (B, 1, {s}, {s}) (low-res logits "
+                                 f"of a previous round), got {mask.shape}")
+            if mask.shape[0] == 0:
+                raise ValueError("mask_input holds no mask")
+
+        if pts is None and bx is None and mask is None:
+            raise ValueError("empty prompt: give points with point_labels, a box, a mask_input, or a mix")
+        if sizes and singles:
+            raise ValueError(f"{singles[0]} is a single prompt but {next(iter(sizes))} is batched: give every "
+                             "prompt part in the same form (all batched with one leading B, or none)")
+        if len(set(sizes.values())) > 1:
+            raise ValueError("batched prompt parts disagree on the batch size: "
+                             + ", ".join(f"{k} {v}" for k, v in sizes.items()))
+        if sizes and next(iter(sizes.values())) == 0:
+            raise ValueError(f"{next(iter(sizes))} holds an empty batch")
+        return pts, labels, bx, mask, bool(sizes)
+
+
+def _as_float_array(value: Any, argname: str) -> np.ndarray:
+    try:
+        a = np.asarray(value)
+    except Exception as e:  # ragged nested lists
+        raise ValueError(f"{argname} must be a numeric array: {e}") from None
+    if a.dtype == bool or not (np.issubdtype(a.dtype, np.integer) or np.issubdtype(a.dtype, np.floating)):
+        raise ValueError(f"{argname} must be a numeric array, got dtype {a.dtype}")
+    a = a.astype(np.float64)
+    if not np.all(np.isfinite(a)):
+        raise ValueError(f"{argname} contains NaN or infinite values")
+    return a
 
 
 @functools.partial(jax.jit, static_argnums=(2,))

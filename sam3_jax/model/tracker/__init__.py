@@ -5,5 +5,6 @@ encoding, one track step, the fixed-capacity `MemoryBank`) from the SAM prompt e
 (`prompt_encoder.py`), the two-way transformer (`two_way_transformer.py`), the SAM mask decoder
 (`mask_decoder.py`), the memory encoder (`memory_encoder.py`, official `maskmem_backbone`) and the
 memory attention (`memory_attention.py`, official `transformer.encoder`), configured as the official
-tracker configures them (`model_config(...).tracker`).
+tracker configures them (`model_config(...).tracker`). `instance.py` runs the SAM heads for instance
+prompts on one image (the official `Sam3Image.predict_inst`).
 """
