@@ -23,25 +23,6 @@ UNDECIDED = 1e-4  # mask pixels whose official logit is this close to 0 may diff
 OFFICIAL_PREFIX = "inst_interactive_predictor.model"
 
 
-def _tracker_params(state: dict, cfg) -> dict:
-    """The tracker subtree the instance path reads (sam_prompt_encoder, sam_mask_decoder,
-    no_mem_embed), converted from the official image model's `inst_interactive_predictor.model.*`
-    keys. Stand-in for the full tracker converter: swap this one function when it lands."""
-    from sam3_jax.convert.convert import convert
-    from sam3_jax.convert.layouts import PARAM
-    from sam3_jax.convert.rule import Rule
-    from sam3_jax.convert.rules_tracker import sam_heads_rules
-    from sam3_jax.model.tracker.instance import heads_target_shapes
-
-    p = OFFICIAL_PREFIX
-    sub = {k: v for k, v in state.items()
-           if k.startswith((f"{p}.sam_prompt_encoder.", f"{p}.sam_mask_decoder.")) or k == f"{p}.no_mem_embed"}
-    rules = sam_heads_rules(cfg, p, "tracker") + [Rule(f"{p}.no_mem_embed", "tracker/no_mem_embed", PARAM)]
-    params, report = convert(sub, {"tracker": heads_target_shapes(cfg)}, rules, pending_parts={})
-    assert len(report.consumed) == len(sub) and not report.pending
-    return params["tracker"]
-
-
 @pytest.fixture(scope="module")
 def official(tiny_cfg):
     """(official image model with instance interactivity, its state dict) for one seeded model."""
@@ -53,13 +34,14 @@ def official(tiny_cfg):
 
 @pytest.fixture(scope="module")
 def converted(official, tiny_cfg):
-    """(params with the detector and the `tracker` subtree, the detector's conversion report)."""
+    """(params with the detector and the `tracker` subtree, the conversion report): the image-model
+    layout with the tracker under `inst_interactive_predictor.model.*`, converted whole."""
     from sam3_jax.convert import convert_image_model
 
     _, state = official
+    assert any(k.startswith(OFFICIAL_PREFIX + ".") for k in state)
     params, report = convert_image_model(state, tiny_cfg)
-    assert set(report.pending) == {"tracker (instance interactivity)"}
-    params["tracker"] = _tracker_params(state, tiny_cfg)
+    assert report.pending == {} and "tracker" in params
     return params, report
 
 
@@ -244,7 +226,7 @@ def test_from_checkpoint_restores_tracker(params, tiny_cfg, ckpt_dir):
     from sam3_jax import Sam3ImagePredictor
 
     p = Sam3ImagePredictor.from_checkpoint(ckpt_dir)
-    assert set(p.params["tracker"]) == {"sam_prompt_encoder", "sam_mask_decoder", "no_mem_embed"}
+    assert {"sam_prompt_encoder", "sam_mask_decoder", "no_mem_embed", "maskmem_backbone"} <= set(p.params["tracker"])
     same = jax.tree_util.tree_map(lambda a, b: bool(np.array_equal(np.asarray(a), np.asarray(b))),
                                   p.params["tracker"], params["tracker"])
     assert all(jax.tree_util.tree_leaves(same))

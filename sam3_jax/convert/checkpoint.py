@@ -74,18 +74,6 @@ def load_converted(ckpt_dir: str, target: Any | None = None) -> tuple[Any, dict[
     return params, manifest
 
 
-def stored_param_tree(ckpt_dir: str) -> dict[str, Any]:
-    """The nested dict of the stored params' metadata (each leaf has `.shape` and `.dtype`), read
-    without loading any array: what a restore target must match."""
-    import orbax.checkpoint as ocp
-
-    path = os.path.join(os.path.abspath(ckpt_dir), PARAMS_DIR)
-    meta = ocp.StandardCheckpointer().metadata(path)
-    tree = getattr(meta, "item_metadata", meta)
-    tree = getattr(tree, "tree", tree)
-    return dict(tree)
-
-
 def config_to_json(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
     return json.loads(cfg.to_json_best_effort())
 

@@ -110,7 +110,7 @@ class Sam3ImagePredictor:
         """Loads a directory written by `convert_weights.py` (or a training checkpoint export)."""
         import ml_collections
 
-        from sam3_jax.convert.checkpoint import load_converted, read_manifest, stored_param_tree
+        from sam3_jax.convert.checkpoint import load_converted, read_manifest
         from sam3_jax.model.sam3_image import DETECTOR_PARTS, image_model_target_shapes
 
         manifest = read_manifest(ckpt_dir)
@@ -123,13 +123,10 @@ class Sam3ImagePredictor:
         cfg = ml_collections.ConfigDict(manifest["model_config"])
         dtype = jnp.dtype(manifest.get("dtype", "float32"))
         target = image_model_target_shapes(cfg, dtype=dtype)
-        stored_tracker = stored_param_tree(ckpt_dir).get("tracker")
-        if stored_tracker is not None:  # converted with the tracker: restore that subtree as stored
-            target["tracker"] = jax.tree_util.tree_map(
-                lambda m: jax.ShapeDtypeStruct(
-                    tuple(m.shape), dtype if jnp.issubdtype(m.dtype, jnp.floating) else m.dtype),
-                stored_tracker,
-            )
+        if manifest.get("tracker"):  # converted with the tracker (clicks)
+            from sam3_jax.model.tracker.tracker import tracker_target_shapes
+
+            target["tracker"] = tracker_target_shapes(cfg, dtype=dtype)
         params, _ = load_converted(ckpt_dir, target)
         return cls(params, cfg)
 

@@ -63,31 +63,6 @@ def tracker_heads(params: Any) -> dict[str, Any]:
     return {k: tracker[k] for k in HEAD_PARAMS}
 
 
-def heads_target_shapes(cfg, dtype: Any = jnp.float32) -> dict[str, Any]:
-    """Abstract params (ShapeDtypeStructs in `dtype`, no allocation) of the tracker subtree the
-    instance path reads: sam_prompt_encoder, sam_mask_decoder and no_mem_embed (1, 1, C)."""
-    import flax.linen as nn
-
-    g, c = cfg.image_size // cfg.vit.patch_size, cfg.tracker.d_model
-    f32, sds = jnp.float32, jax.ShapeDtypeStruct
-    pe, md = prompt_encoder_from_config(cfg), mask_decoder_from_config(cfg)
-    pe_shapes = jax.eval_shape(
-        lambda k: pe.init(k, jnp.zeros((1, 1, 2), f32), jnp.ones((1, 1), jnp.int32)), jax.random.key(0))
-    hr = None
-    if cfg.tracker.sam.use_high_res_features:
-        hr = (sds((1, 4 * g, 4 * g, c // 8), f32), sds((1, 2 * g, 2 * g, c // 4), f32))
-    md_shapes = jax.eval_shape(
-        lambda k, img, sparse, hr: md.init(k, img, img, sparse, img, multimask_output=True, high_res_features=hr),
-        jax.random.key(0), sds((1, g, g, c), f32), sds((1, 2, c), f32), hr,
-    )
-    out = {
-        "sam_prompt_encoder": nn.meta.unbox(pe_shapes)["params"],
-        "sam_mask_decoder": nn.meta.unbox(md_shapes)["params"],
-        "no_mem_embed": sds((1, 1, c), f32),
-    }
-    return jax.tree_util.tree_map(lambda x: sds(x.shape, dtype), out)
-
-
 def image_features(cfg, heads: Any, sam2_levels: Sequence[jax.Array]) -> dict[str, Any]:
     """Tracker neck levels [(B, 4g, 4g, C), (B, 2g, 2g, C), (B, g, g, C)] (`sam2_backbone_out`'s
     `backbone_fpn`) -> {"image_embed": level g + no_mem_embed, "high_res": (conv_s0(level 4g),
