@@ -101,6 +101,8 @@ CONV = Layout("Conv", (_permute("weight", "kernel", (2, 3, 1, 0)), _direct("bias
 CONV_TRANSPOSE = Layout("ConvTranspose", (_permute("weight", "kernel", (2, 3, 0, 1)), _direct("bias", "bias")))
 EMBED = Layout("Embed", (_direct("weight", "embedding"),))
 PARAM = Layout("Param", (_direct("", ""),))
+# SAM's LayerNorm2d holds weight / bias like nn.LayerNorm.
+LAYERNORM_2D = Layout("LayerNorm2d", LAYERNORM.leaves)
 # ViT attention: fused qkv Linear + proj Linear + the RoPE table buffer (recomputed from the config).
 VIT_ATTENTION = Layout(
     "ViTAttention",

@@ -24,12 +24,12 @@ shapes).
 
 from __future__ import annotations
 
-from sam3_jax.convert.layouts import CONV, CONV_TRANSPOSE, DENSE, EMBED, LAYERNORM, PARAM, SAM_ATTENTION, Layout
+from sam3_jax.convert.layouts import CONV, CONV_TRANSPOSE, DENSE, EMBED, LAYERNORM, LAYERNORM_2D, PARAM, SAM_ATTENTION
 from sam3_jax.convert.rule import Rule
+from sam3_jax.convert.rules_tracker_attention import memory_attention_rules
+from sam3_jax.convert.rules_tracker_memory import memory_encoder_rules
 from sam3_jax.convert.rules_transformer import mlp_rules
 
-# SAM's LayerNorm2d holds weight / bias like nn.LayerNorm.
-LAYERNORM_2D = Layout("LayerNorm2d", LAYERNORM.leaves)
 # The official prompt encoder has 4 point-type embeddings (negative, positive, two box corners).
 NUM_POINT_EMBEDDINGS = 4
 # The hypernetwork and object-score MLPs have 3 layers whatever the config (official MaskDecoder).
@@ -139,9 +139,6 @@ def tracker_rules(cfg, src_prefix: str = "tracker", dst_prefix: str = "tracker")
     """Rules for every official tensor of the tracker at `src_prefix` (`tracker` in sam3.pt,
     `inst_interactive_predictor.model` in an image model with instance interactivity) ->
     `Sam3Tracker` params under `dst_prefix`."""
-    from sam3_jax.convert.rules_tracker_attention import memory_attention_rules
-    from sam3_jax.convert.rules_tracker_memory import memory_encoder_rules
-
     s, d = src_prefix, dst_prefix
     rules = sam_heads_rules(cfg, s, d)
     rules += memory_encoder_rules(cfg, f"{s}.maskmem_backbone", f"{d}/maskmem_backbone")

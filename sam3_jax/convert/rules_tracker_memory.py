@@ -19,9 +19,8 @@ state dict). Not wired into `image_model_rules`: the rest of the tracker comes l
 
 from __future__ import annotations
 
-from sam3_jax.convert.layouts import CONV, DENSE, PARAM
+from sam3_jax.convert.layouts import CONV, DENSE, LAYERNORM_2D, PARAM
 from sam3_jax.convert.rule import Rule
-from sam3_jax.convert.rules_tracker import LAYERNORM_2D
 
 # The official builder fixes these whatever the sizes: total stride 16 in stride-2 steps (4 convs,
 # each followed by a LayerNorm2d and a GELU, then the 1x1 conv at index 12) and 2 fuser blocks.

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sam3_jax.parity.run import StageResult, compare
+from sam3_jax.parity.stages import StageResult, compare
 
 # Official build_tracker values the frame selection needs (not config fields of the model).
 MAX_COND_FRAMES_IN_ATTN = 4
