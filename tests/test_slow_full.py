@@ -1,4 +1,5 @@
-"""Full-size trunk + neck parity at 1008 px (slow: about 2-3 min and 10 GB; `pytest -m slow`).
+"""Full-size trunk + neck parity at 1008 px, the detector and a click at 1008 px (slow: about
+6-8 min and 10 GB; `pytest -m slow`).
 
 Measured 2026-11-26 (2 CPU cores): trunk max abs 5.0e-5 / max rel 1.5e-6; neck levels max rel <= 3.2e-6.
 Detector contract on the astronaut photo, "a person", random weights: 0 detections above 0.5 on
@@ -58,12 +59,15 @@ def test_full_config_detector_contract(full_cfg):
     from sam3_jax.predict.predictor import Sam3ImagePredictor
 
     photo = sk.astronaut()
-    ref_model = oracle.random_image_model(full_cfg, seed=0)
-    params, _ = convert_image_model(oracle.state_dict_numpy(ref_model), full_cfg)
+    ref_model = oracle.random_image_model(full_cfg, seed=0, enable_inst_interactivity=True)
+    params, report = convert_image_model(oracle.state_dict_numpy(ref_model), full_cfg)
+    assert report.pending == {} and "tracker" in params
     refs = {}
+    click = dict(point_coords=np.array([[250.0, 180.0]]), point_labels=np.array([1]))
     with oracle.cuda_to_cpu():
         proc = Sam3Processor(ref_model, resolution=1008, device="cpu", confidence_threshold=0.0)
         state = proc.set_image(Image.fromarray(photo))
+        ref_click = ref_model.predict_inst(state, multimask_output=True, **click)
         for thr in (0.5, 0.0):
             proc.confidence_threshold = thr
             s = proc.set_text_prompt("a person", state)
@@ -88,3 +92,14 @@ def test_full_config_detector_contract(full_cfg):
         print("max score err", np.max(np.abs(ours["scores"] - ref["scores"]), initial=0),
               "max box err px", np.max(np.abs(ours["boxes"] - ref["boxes"]), initial=0),
               "min top-10 mask IoU", min(ious, default=1.0))
+    # A click (instance interactivity) on the same cached encoding: three masks with IoU predictions.
+    out = predictor.predict_instance(points=click["point_coords"], point_labels=click["point_labels"])
+    masks, iou, low = ref_click
+    assert out["masks"].shape == masks.shape == (3, 512, 512)
+    iou_err = np.max(np.abs(out["iou"] - iou))
+    low_err = np.max(np.abs(out["low_res_logits"] - low)) / max(1.0, np.max(np.abs(low)))
+    agree = [np.logical_and(a, b).sum() / max(1, np.logical_or(a, b).sum()) for a, b in zip(out["masks"], masks > 0)]
+    print(f"click: max IoU-prediction err {iou_err:.2e}, low-res logits max rel err {low_err:.2e}, "
+          f"mask IoU vs official {[round(float(a), 4) for a in agree]}")
+    assert iou_err <= 1e-4 and low_err <= 1e-4
+    assert min(agree) >= 0.99
