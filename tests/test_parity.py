@@ -34,8 +34,9 @@ def test_all_stages_match_official(tiny_cfg, seed):
         + [f"{kind}.{out}" for kind in ("text", "boxes", "text+boxes") for out in DETECTOR_OUTPUTS]
     )
     if tracker:
-        tracker_stages = [n for n in stages if n.startswith("tracker.")]
-        for must in ("tracker.prompt_encoder.sparse", "tracker.prompt_encoder.dense", "tracker.memory_attention",
+        tracker_stages = [n for n in stages if n.startswith(("tracker.", "instance."))]
+        for must in ("instance.click.iou", "instance.click.low_res_logits", "instance.box+clicks.iou",
+                     "instance.box+clicks.mask_flips_beyond_0.0001","tracker.prompt_encoder.sparse", "tracker.prompt_encoder.dense", "tracker.memory_attention",
                      "tracker.step_no_memory.obj_ptr", "tracker.step_no_memory.memory_encoder",
                      "tracker.step_with_memory.maskmem_features", "tracker.step_with_memory.pred_masks_high_res"):
             assert must in tracker_stages, must

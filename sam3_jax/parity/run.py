@@ -90,26 +90,32 @@ def _model_fns(cfg):
     return image_fn, text_fn, ground_fn
 
 
-def load_official_image_model(cfg, checkpoint: str):
-    """The official detector at `cfg`'s sizes with the weights of an official checkpoint file."""
+def load_official_image_model(cfg, checkpoint: str, *, with_tracker: bool = False):
+    """The official detector at `cfg`'s sizes with the weights of an official checkpoint file; with
+    `with_tracker`, built with instance interactivity and the checkpoint's tracker loaded into it
+    (`tracker.*` or `inst_interactive_predictor.model.*`)."""
     import torch
 
     from sam3_jax.convert import load_state_dict
+    from sam3_jax.convert.convert import TRACKER_SOURCES
     from sam3_jax.parity import oracle
 
     state = load_state_dict(checkpoint)
-    model = oracle.build_image_model(cfg)
+    model = oracle.build_image_model(cfg, enable_inst_interactivity=with_tracker)
     sub = {}
     for k, v in state.items():
         k = k[len("detector."):] if k.startswith("detector.") else k
-        if k.startswith(("tracker.", "inst_interactive_predictor.")):
-            continue
+        src = next((p for p in TRACKER_SOURCES if k.startswith(p + ".")), None)
+        if src is not None:
+            if not with_tracker:
+                continue
+            k = "inst_interactive_predictor.model." + k[len(src) + 1:]
         a = np.asarray(v)
         sub[k] = torch.from_numpy(a.astype(np.float32) if a.dtype.kind == "f" or a.dtype == jnp.bfloat16 else a)
     missing, _ = model.load_state_dict(sub, strict=False)
     missing = [k for k in missing if not k.endswith("freqs_cis")]
     if missing:
-        raise ValueError(f"checkpoint lacks official detector keys, e.g. {missing[0]}")
+        raise ValueError(f"checkpoint lacks official keys, e.g. {missing[0]}")
     return model.eval(), state
 
 
@@ -135,9 +141,16 @@ def run_parity(
 
     t0 = time.time()
     if checkpoint:
-        ref_model, state = load_official_image_model(cfg, checkpoint)
+        if tracker:
+            from sam3_jax.convert import load_state_dict
+            from sam3_jax.convert.convert import normalize_keys, tracker_source
+
+            if tracker_source(normalize_keys(load_state_dict(checkpoint))) is None:
+                log("the checkpoint holds no tracker: tracker stages skipped")
+                tracker = False
+        ref_model, state = load_official_image_model(cfg, checkpoint, with_tracker=tracker)
     else:
-        ref_model = oracle.random_image_model(cfg, seed)
+        ref_model = oracle.random_image_model(cfg, seed, enable_inst_interactivity=tracker)
         state = oracle.state_dict_numpy(ref_model)
     log(f"official model ready ({time.time() - t0:.1f}s); converting")
     params, report = convert_image_model(state, cfg)
@@ -191,18 +204,12 @@ def run_parity(
             stages.append(compare(f"{kind}.{name}", ours_det[kind][name], ref_det[kind][name], detector_tolerance))
 
     timings = {"official_forward": t_ref, "jax_forward_incl_compile": t_ours}
-    if tracker and checkpoint:
-        from sam3_jax.convert.convert import normalize_keys, tracker_source
-
-        if tracker_source(normalize_keys(state)) is None:
-            log("the checkpoint holds no tracker: tracker stages skipped")
-            tracker = False
     if tracker:
-        from sam3_jax.parity.tracker import run_tracker_parity
+        from sam3_jax.parity.tracker import run_instance_parity, run_tracker_parity
 
-        tracker_stages, t = run_tracker_parity(cfg, seed=seed, state=state if checkpoint else None,
-                                               tolerance=tolerance, log=log)
-        stages += tracker_stages
+        tracker_stages, t = run_tracker_parity(cfg, seed=seed, model=ref_model.inst_interactive_predictor.model,
+                                               params=params["tracker"], tolerance=tolerance, log=log)
+        stages += tracker_stages + run_instance_parity(ref_model, params, cfg, seed=seed, tolerance=tolerance)
         timings.update(t)
 
     header = f"{'stage':<46} {'shape':<22} {'max abs':>11} {'max rel':>11} {'tol':>9}  status"

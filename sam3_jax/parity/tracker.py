@@ -218,10 +218,12 @@ def load_official_tracker(cfg, state: Mapping[str, Any]):
     return model.eval()
 
 
-def run_tracker_parity(cfg, *, seed: int = 0, state: Optional[Mapping[str, Any]] = None, tolerance: float = 1e-5,
-                       num_frames: int = 4, log=print) -> tuple[list[StageResult], dict[str, Any]]:
-    """Builds (or loads from `state`) the official tracker, converts it with the project's rules and
-    compares the tracker stages (module docstring). Returns (stages, timings)."""
+def run_tracker_parity(cfg, *, seed: int = 0, state: Optional[Mapping[str, Any]] = None, model=None, params=None,
+                       tolerance: float = 1e-5, num_frames: int = 4, log=print,
+                       ) -> tuple[list[StageResult], dict[str, Any]]:
+    """Compares the tracker stages (module docstring) of an official tracker and its conversion:
+    `model` with our `params` as given, else built (random, seeded) or loaded from `state` and
+    converted with the project's rules. Returns (stages, timings)."""
     torch = _torch()
     from sam3_jax.convert.convert import convert
     from sam3_jax.convert.rules_tracker import tracker_rules
@@ -229,15 +231,17 @@ def run_tracker_parity(cfg, *, seed: int = 0, state: Optional[Mapping[str, Any]]
     from sam3_jax.parity import oracle
 
     t0 = time.time()
-    if state is None:
-        torch.manual_seed(seed)
-        model = oracle.build_tracker(cfg)
-        oracle.perturb_all_(model, seed)
-    else:
-        model = load_official_tracker(cfg, state)
-    tstate = {f"tracker.{k}": v for k, v in oracle.state_dict_numpy(model).items()}
-    converted, _ = convert(tstate, {"tracker": tracker_target_shapes(cfg)}, tracker_rules(cfg), pending_parts={})
-    params = converted["tracker"]
+    if model is None:
+        if state is None:
+            torch.manual_seed(seed)
+            model = oracle.build_tracker(cfg)
+            oracle.perturb_all_(model, seed)
+        else:
+            model = load_official_tracker(cfg, state)
+    if params is None:
+        tstate = {f"tracker.{k}": v for k, v in oracle.state_dict_numpy(model).items()}
+        converted, _ = convert(tstate, {"tracker": tracker_target_shapes(cfg)}, tracker_rules(cfg), pending_parts={})
+        params = converted["tracker"]
     log(f"official tracker ready and converted ({time.time() - t0:.1f}s)")
     frames = random_frames(model, cfg, num_frames, seed)
     s = cfg.image_size
@@ -283,6 +287,46 @@ def run_tracker_parity(cfg, *, seed: int = 0, state: Optional[Mapping[str, Any]]
     stages += compare_step(our_steps[last], ref_steps[last], tolerance, "tracker.step_with_memory", params=params,
                            cfg=cfg, frame=frames[last])
     return stages, {"tracker_steps_both": t_step}
+
+
+def run_instance_parity(ref_model, params, cfg, *, seed: int = 0, tolerance: float = 1e-5) -> list[StageResult]:
+    """`Sam3ImagePredictor.predict_instance` against the official `predict_inst` of an image model
+    built with instance interactivity (`ref_model`; `params` its conversion, tracker included) on a
+    real photo: one click (three masks) and a box plus two clicks (one mask). Stages: predicted
+    IoUs, low-res logits, and the count of mask pixels that differ although the official logit is
+    at least MASK_MARGIN from 0."""
+    import skimage.data as sk
+    from PIL import Image
+    from sam3.model.sam3_image_processor import Sam3Processor
+
+    from sam3_jax.parity.oracle import cuda_to_cpu
+    from sam3_jax.predict.predictor import Sam3ImagePredictor
+
+    photo = sk.chelsea()
+    h, w = photo.shape[:2]
+    rng = np.random.default_rng(seed)
+    pts = np.stack([rng.uniform(0.1 * w, 0.9 * w, 3), rng.uniform(0.1 * h, 0.9 * h, 3)], axis=1).astype(np.float32)
+    cases = {
+        "click": dict(point_coords=pts[:1], point_labels=np.array([1]), multimask_output=True),
+        "box+clicks": dict(point_coords=pts[1:], point_labels=np.array([1, 0]),
+                           box=np.array([0.2 * w, 0.15 * h, 0.8 * w, 0.9 * h], np.float32), multimask_output=False),
+    }
+    with cuda_to_cpu():
+        proc = Sam3Processor(ref_model, resolution=cfg.image_size, device="cpu")
+        state = proc.set_image(Image.fromarray(photo))
+        refs = {k: ref_model.predict_inst(state, return_logits=True, **c) for k, c in cases.items()}
+    predictor = Sam3ImagePredictor(params, cfg)
+    predictor.set_image(photo)
+    stages = []
+    for name, c in cases.items():
+        out = predictor.predict_instance(points=c["point_coords"], point_labels=c["point_labels"], box=c.get("box"),
+                                         multimask_output=c["multimask_output"])
+        logits, iou, low = refs[name]
+        stages.append(compare(f"instance.{name}.iou", out["iou"], iou, tolerance))
+        stages.append(compare(f"instance.{name}.low_res_logits", out["low_res_logits"], low, tolerance))
+        _, beyond = mask_flips(out["masks"].astype(np.float32) * 2 - 1, logits)
+        stages.append(compare(f"instance.{name}.mask_flips_beyond_{MASK_MARGIN:g}", np.array(beyond), np.array(0), 0.0))
+    return stages
 
 
 def _prompt_encoder_fn(cfg):
