@@ -111,18 +111,17 @@ def step_fn(cfg):
         return _STEP_FNS[id(cfg)]
     import flax.linen as nn
 
-    from sam3_jax.model.tracker.tracker import Sam3Tracker
+    from sam3_jax.model.tracker.tracker import Sam3Tracker, track_step
 
     @functools.partial(jax.jit, static_argnames=("is_init", "multimask"))
     def step(params, feats, bank, points, labels, mask, prev_logits, *, is_init, multimask):
-        def body(module):
-            frame = module.prepare_frame(feats)
-            out = module.track_step(frame, bank, points, labels, mask, prev_logits, is_init_cond_frame=is_init,
-                                    multimask_output=multimask)
-            if bank is not None and not is_init and mask is None:
-                out["pix_feat_with_mem"] = module.condition_on_memory(frame, bank, is_init_cond_frame=False)
-            return out
-        return nn.apply(body, Sam3Tracker(cfg))({"params": params})
+        out = track_step(params, cfg, feats, bank, points, labels, mask, prev_logits, is_init_cond_frame=is_init,
+                         multimask_output=multimask)
+        if bank is not None and not is_init and mask is None:
+            out["pix_feat_with_mem"] = nn.apply(
+                lambda m: m.condition_on_memory(m.prepare_frame(feats), bank, is_init_cond_frame=False),
+                Sam3Tracker(cfg))({"params": params})
+        return out
 
     return _STEP_FNS.setdefault(id(cfg), step)
 

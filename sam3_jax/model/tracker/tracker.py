@@ -320,11 +320,12 @@ class Sam3Tracker(nn.Module):
         (B, M, 4g, 4g), ious (B, M), obj_ptr (B, C), object_score_logits (B, 1), and (with
         run_mem_encoder) maskmem_features / maskmem_pos_enc (B, g, g, mem_dim).
         """
-        pix = frame["pix_feat"]
-        nb = next(x.shape[0] for x in (points, mask_input, prev_mask_logits) if x is not None) \
-            if any(x is not None for x in (points, mask_input, prev_mask_logits)) else pix.shape[0]
+        given = [x for x in (points, mask_input, prev_mask_logits) if x is not None]
+        if memory is not None and not is_init_cond_frame:
+            given.append(memory.features)
+        nb = given[0].shape[0] if given else frame["pix_feat"].shape[0]  # objects (one frame may serve all)
         bcast = lambda x: jnp.broadcast_to(x, (nb,) + x.shape[1:]) if x.shape[0] != nb else x  # noqa: E731
-        frame = {"pix_feat": bcast(pix), "pix_pos": bcast(frame["pix_pos"]),
+        frame = {"pix_feat": bcast(frame["pix_feat"]), "pix_pos": bcast(frame["pix_pos"]),
                  "high_res": tuple(bcast(x) for x in frame["high_res"])}
         if mask_input is not None:
             if points is not None or prev_mask_logits is not None:
@@ -345,13 +346,14 @@ class Sam3Tracker(nn.Module):
         return out
 
     def __call__(self, frame, memory=None, points=None, labels=None, mask_input=None, prev_mask_logits=None, *,
-                 is_init_cond_frame: bool = True, multimask_output: bool = False):
-        """Initialisation entry: one step touching every part (memory attention included)."""
+                 multimask_output: bool = False):
+        """Initialisation entry: a step on an initial conditioning frame, plus the memory attention
+        (with a bank: it also creates the pointer temporal projection) and the mask-as-output path
+        (mask_downsample), so that every param exists."""
         out = self.track_step(frame, None, points, labels, mask_input, prev_mask_logits,
                               is_init_cond_frame=True, multimask_output=multimask_output)
         if memory is not None:
             self.condition_on_memory(frame, memory, is_init_cond_frame=False)
-            # the mask-as-output path (mask_downsample) and the pointer temporal projection
         if self.is_initializing():
             b, s = frame["pix_feat"].shape[0], self.image_size
             self.use_mask_as_output(frame["pix_feat"], frame["high_res"], jnp.zeros((b, s, s, 1)))
@@ -392,6 +394,33 @@ def tracker_target_shapes(cfg, dtype: Any = jnp.float32) -> dict[str, Any]:
 
     params = nn.meta.unbox(jax.eval_shape(init, jax.random.key(0)))["params"]
     return jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, dtype), params)
+
+
+def track_step(
+    params: Mapping[str, Any],
+    cfg,
+    sam2_backbone_out: Mapping[str, Sequence[jax.Array]],
+    memory: Optional[MemoryBank] = None,
+    points: Optional[jax.Array] = None,
+    labels: Optional[jax.Array] = None,
+    mask_input: Optional[jax.Array] = None,
+    prev_mask_logits: Optional[jax.Array] = None,
+    *,
+    is_init_cond_frame: bool,
+    multimask_output: bool,
+    run_mem_encoder: bool = True,
+) -> dict[str, jax.Array]:
+    """One track step as a pure function of (tracker params, the frame's tracker-neck output,
+    memory bank, prompts): `Sam3Tracker.prepare_frame` + `Sam3Tracker.track_step` (jit it with the
+    three flags static). Returns masks, IoUs, object score, object pointer and the new memory."""
+
+    def body(module: Sam3Tracker):
+        frame = module.prepare_frame(sam2_backbone_out)
+        return module.track_step(frame, memory, points, labels, mask_input, prev_mask_logits,
+                                 is_init_cond_frame=is_init_cond_frame, multimask_output=multimask_output,
+                                 run_mem_encoder=run_mem_encoder)
+
+    return nn.apply(body, Sam3Tracker(cfg))({"params": params})
 
 
 def init_tracker_params(cfg, key: jax.Array) -> dict[str, Any]:
