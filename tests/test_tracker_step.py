@@ -240,3 +240,29 @@ def test_every_tracker_param_has_logical_axes(tiny_cfg):
     for path, leaf in leaves:
         assert isinstance(leaf, nn.LogicallyPartitioned), f"{jax.tree_util.keystr(path)} has no logical axes"
         assert len(leaf.names) == leaf.value.ndim, jax.tree_util.keystr(path)
+
+
+def test_step_with_slot_memory_equals_official(official, params, frames, video_run, tiny_cfg):
+    """The video path: every past frame written into a fixed-slot `TrackMemory` (in processing
+    order), the bank chosen under jit (`memory_bank_at`), one step: equal to the official step."""
+    from sam3_jax.model.tracker.track_memory import TrackMemory, add_memory, memory_bank_at
+
+    model, _ = official
+    outputs, _ = video_run
+    f = 9
+    rest = {"cond_frame_outputs": outputs["cond_frame_outputs"],
+            "non_cond_frame_outputs": {k: v for k, v in outputs["non_cond_frame_outputs"].items() if k < f}}
+    g, t = _grid(tiny_cfg), tiny_cfg.tracker
+    memory = TrackMemory.empty(1, 16, g, t.mem_dim, t.d_model)
+    for k in sorted(set(rest["cond_frame_outputs"]) | set(rest["non_cond_frame_outputs"])):
+        o = rest["cond_frame_outputs"].get(k) or rest["non_cond_frame_outputs"][k]
+        memory, dropped = add_memory(memory, k, jnp.asarray(PT.np32(o["maskmem_features"]).transpose(0, 2, 3, 1)),
+                                     jnp.asarray(PT.np32(o["obj_ptr"])), k in rest["cond_frame_outputs"])
+        assert not bool(dropped[0])
+    bank = memory_bank_at(memory, f, num_frames=NUM_FRAMES, num_maskmem=t.num_maskmem,
+                          max_cond_frames_in_attn=PT.MAX_COND_FRAMES_IN_ATTN,
+                          max_obj_ptrs_in_encoder=PT.MAX_OBJ_PTRS_IN_ENCODER)
+    ref = _official_step(model, tiny_cfg, frames, rest, f, is_init=False)
+    with jax.default_matmul_precision("highest"):
+        ours = PT.ours_step(params, tiny_cfg, frames[f], bank, is_init=False, multimask=True)
+    _compare(ours, ref, "slot memory")

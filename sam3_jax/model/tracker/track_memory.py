@@ -1,0 +1,163 @@
+"""Per-object track memory with a fixed number of slots, and the official frame choice under `jit`.
+
+`select_memory_frames` (tracker.py) picks, on the host, which past frames the memory attention
+sees. A video step compiled once needs the same choice as array operations over a fixed-size
+store: `TrackMemory` keeps K slots per object (the memory-encoder features and the object pointer
+of one past frame, its frame index, whether it is a conditioning frame, and an insertion counter),
+and `memory_bank_at` turns it into the `MemoryBank` of the current frame (the slots themselves,
+with validity masks and temporal positions), equal to `select_memory_frames` on the same history:
+
+  conditioning frames: all of them when there are at most `max_cond_frames_in_attn`, else the
+    closest one before the current frame, the closest one at or after it, then the others by
+    distance (ties by insertion order, as the official dict keeps them); t = 0;
+  recent frames: frame_idx -/+ t_rel for t_rel = 1 .. num_maskmem - 1 (t_pos = num_maskmem - t_rel)
+    when that frame is a non-conditioning frame or an unselected conditioning frame;
+  pointers: the selected conditioning frames not after the current frame (not before it when
+    tracking in reverse), at distance |frame_idx - f|, and the non-conditioning or unselected
+    conditioning frames at distance 1 .. min(num_frames, max_obj_ptrs_in_encoder) - 1.
+
+`add_memory` writes one frame's memory into a slot: the slot that already holds the frame, else a
+free slot, else the non-conditioning slot farthest behind in the tracking direction (it can no
+longer be chosen once it is farther back than both windows). Conditioning frames are never evicted;
+a store full of them raises nothing under `jit` but reports `dropped`. With K >= (conditioning
+frames) + min(num_frames, max_obj_ptrs_in_encoder) - 1 (the pointer window, the longest), nothing
+the official tracker would attend to is ever evicted.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+from sam3_jax.model.tracker.tracker import MemoryBank
+
+EMPTY = -1  # frame index of a free slot
+
+
+@flax.struct.dataclass
+class TrackMemory:
+    """K memory slots of B objects.
+
+    features (B, K, g, g, mem_dim); obj_ptrs (B, K, C); frame (B, K) int32 (EMPTY when free);
+    is_cond (B, K) bool; order (B, K) int32 insertion counter (ties of the conditioning-frame
+    choice); next_order (B,) int32."""
+
+    features: jax.Array
+    obj_ptrs: jax.Array
+    frame: jax.Array
+    is_cond: jax.Array
+    order: jax.Array
+    next_order: jax.Array
+
+    @classmethod
+    def empty(cls, batch: int, slots: int, grid: int, mem_dim: int, d_model: int, dtype: Any = jnp.float32):
+        return cls(
+            features=jnp.zeros((batch, slots, grid, grid, mem_dim), dtype),
+            obj_ptrs=jnp.zeros((batch, slots, d_model), dtype),
+            frame=jnp.full((batch, slots), EMPTY, jnp.int32),
+            is_cond=jnp.zeros((batch, slots), bool),
+            order=jnp.zeros((batch, slots), jnp.int32),
+            next_order=jnp.zeros((batch,), jnp.int32),
+        )
+
+
+def _selected_cond(frame, is_cond, order, frame_idx, max_cond: int):
+    """(B, K) bool: the conditioning slots the official `select_closest_cond_frames` keeps."""
+    used = is_cond & (frame != EMPTY)
+    if max_cond == -1:
+        return used
+    big = jnp.iinfo(jnp.int32).max
+    n_cond = used.sum(-1, keepdims=True)
+    before = used & (frame < frame_idx)
+    after = used & (frame >= frame_idx)
+    best_before = jnp.max(jnp.where(before, frame, -big), axis=-1, keepdims=True)
+    best_after = jnp.min(jnp.where(after, frame, big), axis=-1, keepdims=True)
+    first = (before & (frame == best_before)) | (after & (frame == best_after))
+    rest = used & ~first
+    # rank the rest by (distance, insertion order); keep the first max_cond - |first| of them
+    dist = jnp.where(rest, jnp.abs(frame - frame_idx), big)
+    perm = jnp.lexsort((order, dist), axis=-1)
+    rank = jnp.argsort(perm, axis=-1)
+    quota = max_cond - first.sum(-1, keepdims=True)
+    chosen = first | (rest & (rank < quota))
+    return jnp.where(n_cond <= max_cond, used, chosen)
+
+
+def memory_bank_at(
+    memory: TrackMemory,
+    frame_idx: jax.Array,
+    *,
+    num_frames: jax.Array,
+    num_maskmem: int,
+    max_cond_frames_in_attn: int,
+    max_obj_ptrs_in_encoder: int,
+    reverse: bool = False,
+) -> MemoryBank:
+    """The `MemoryBank` the memory attention sees at `frame_idx` (a traced int is fine): the K
+    slots as K spatial and K pointer slots, with the official choice as validity masks."""
+    frame, is_cond = memory.frame, memory.is_cond
+    used = frame != EMPTY
+    sel_cond = _selected_cond(frame, is_cond, memory.order, frame_idx, max_cond_frames_in_attn)
+    other = used & ~sel_cond  # non-conditioning frames and unselected conditioning frames
+    sign = -1 if reverse else 1
+    t_rel = (frame_idx - frame) * sign  # frames back in the tracking direction
+    recent = other & (t_rel >= 1) & (t_rel <= num_maskmem - 1)
+    spatial_valid = sel_cond | recent
+    tpos = jnp.where(sel_cond, 0, num_maskmem - t_rel).astype(jnp.int32)
+    max_ptrs = jnp.minimum(num_frames, max_obj_ptrs_in_encoder)
+    ptr_cond = sel_cond & (t_rel >= 0)
+    ptr_other = other & (t_rel >= 1) & (t_rel <= max_ptrs - 1)
+    ptr_valid = ptr_cond | ptr_other
+    return MemoryBank(
+        features=memory.features,
+        tpos=jnp.where(spatial_valid, tpos, 0),
+        valid=spatial_valid,
+        obj_ptrs=memory.obj_ptrs,
+        ptr_tpos=jnp.where(ptr_valid, t_rel, 0).astype(jnp.float32),
+        ptr_valid=ptr_valid,
+        ptr_max_pos=jnp.asarray(max_ptrs, jnp.float32),
+    )
+
+
+def add_memory(
+    memory: TrackMemory,
+    frame_idx: jax.Array,
+    features: jax.Array,
+    obj_ptr: jax.Array,
+    is_cond: jax.Array,
+    *,
+    reverse: bool = False,
+) -> tuple[TrackMemory, jax.Array]:
+    """Stores one frame's memory for every object: features (B, g, g, mem_dim), obj_ptr (B, C),
+    is_cond (B,) bool (or a scalar). Returns (new memory, dropped (B,) bool: no slot could take it,
+    every slot holding a conditioning frame)."""
+    b, k = memory.frame.shape
+    is_cond = jnp.broadcast_to(jnp.asarray(is_cond, bool), (b,))
+    frame = memory.frame
+    same = frame == frame_idx
+    free = frame == EMPTY
+    sign = -1 if reverse else 1
+    behind = jnp.where(~memory.is_cond & ~free, (frame_idx - frame) * sign, jnp.iinfo(jnp.int32).min)
+    has_same, has_free = same.any(-1), free.any(-1)
+    evictable = (~memory.is_cond & ~free).any(-1)
+    slot = jnp.where(has_same, jnp.argmax(same, -1),
+                     jnp.where(has_free, jnp.argmax(free, -1), jnp.argmax(behind, -1)))
+    ok = has_same | has_free | evictable
+    hit = (jnp.arange(k)[None] == slot[:, None]) & ok[:, None]  # (B, K)
+    # A conditioning frame written again keeps its place among the conditioning frames (an
+    # official dict update); any other write counts as a new insertion.
+    keep = hit & same & memory.is_cond & is_cond[:, None]
+    order = jnp.where(hit & ~keep, memory.next_order[:, None], memory.order)
+    new = memory.replace(
+        features=jnp.where(hit[..., None, None, None], features[:, None].astype(memory.features.dtype),
+                           memory.features),
+        obj_ptrs=jnp.where(hit[..., None], obj_ptr[:, None].astype(memory.obj_ptrs.dtype), memory.obj_ptrs),
+        frame=jnp.where(hit, frame_idx, frame),
+        is_cond=jnp.where(hit, is_cond[:, None], memory.is_cond),
+        order=order,
+        next_order=memory.next_order + (ok & ~keep.any(-1)).astype(jnp.int32),
+    )
+    return new, ~ok
