@@ -70,6 +70,10 @@ def model_config(variant: str = "full") -> ml_collections.ConfigDict:
             dim_feedforward=2048 if full else 256,
             mem_dim=64,
             num_maskmem=7,
+            # Memory-frame choice (official `build_tracker`): at most 4 conditioning frames (the
+            # closest) in the memory attention; object pointers of up to 16 frames.
+            max_cond_frames_in_attn=4,
+            max_obj_ptrs_in_encoder=16,
             # SAM prompt encoder and mask decoder (official `_build_sam_heads` + `build_tracker`). The
             # official tracker hard-codes these whatever its width, so the tiny config keeps them too
             # (the official tiny tracker has them): a two-way transformer of 2 layers, 8 heads, MLP

@@ -260,8 +260,8 @@ def test_step_with_slot_memory_equals_official(official, params, frames, video_r
                                      jnp.asarray(PT.np32(o["obj_ptr"])), k in rest["cond_frame_outputs"])
         assert not bool(dropped[0])
     bank = memory_bank_at(memory, f, num_frames=NUM_FRAMES, num_maskmem=t.num_maskmem,
-                          max_cond_frames_in_attn=PT.MAX_COND_FRAMES_IN_ATTN,
-                          max_obj_ptrs_in_encoder=PT.MAX_OBJ_PTRS_IN_ENCODER)
+                          max_cond_frames_in_attn=t.max_cond_frames_in_attn,
+                          max_obj_ptrs_in_encoder=t.max_obj_ptrs_in_encoder)
     ref = _official_step(model, tiny_cfg, frames, rest, f, is_init=False)
     with jax.default_matmul_precision("highest"):
         ours = PT.ours_step(params, tiny_cfg, frames[f], bank, is_init=False, multimask=True)

@@ -484,7 +484,8 @@ def build_tracker(cfg) -> "torch.nn.Module":
             multimask_output_in_sam=True, forward_backbone_per_frame_for_eval=True,
             trim_past_non_cond_mem_for_eval=False, multimask_output_for_tracking=True, multimask_min_pt_num=0,
             multimask_max_pt_num=1, always_start_from_first_ann_frame=False, non_overlap_masks_for_mem_enc=False,
-            non_overlap_masks_for_output=False, max_cond_frames_in_attn=4, offload_output_to_cpu_for_eval=False,
+            non_overlap_masks_for_output=False, max_cond_frames_in_attn=cfg.tracker.max_cond_frames_in_attn,
+            max_obj_ptrs_in_encoder=cfg.tracker.max_obj_ptrs_in_encoder, offload_output_to_cpu_for_eval=False,
             sam_mask_decoder_extra_args={
                 "dynamic_multimask_via_stability": True,
                 "dynamic_multimask_stability_delta": 0.05,

@@ -23,11 +23,6 @@ import numpy as np
 
 from sam3_jax.parity.stages import StageResult, compare
 
-# Official build_tracker values the frame selection needs (not config fields of the model).
-MAX_COND_FRAMES_IN_ATTN = 4
-MAX_OBJ_PTRS_IN_ENCODER = 16
-
-
 def _torch():
     import torch
 
@@ -92,8 +87,8 @@ def bank_from_official(cfg, outputs: Mapping[str, Mapping[int, Any]], frame_idx:
 
     spatial, pointers, max_pos = select_memory_frames(
         frame_idx, list(outputs["cond_frame_outputs"]), list(outputs["non_cond_frame_outputs"]),
-        num_maskmem=cfg.tracker.num_maskmem, max_cond_frames_in_attn=MAX_COND_FRAMES_IN_ATTN,
-        max_obj_ptrs_in_encoder=MAX_OBJ_PTRS_IN_ENCODER, num_frames=num_frames)
+        num_maskmem=cfg.tracker.num_maskmem, max_cond_frames_in_attn=cfg.tracker.max_cond_frames_in_attn,
+        max_obj_ptrs_in_encoder=cfg.tracker.max_obj_ptrs_in_encoder, num_frames=num_frames)
     everything = {**outputs["cond_frame_outputs"], **outputs["non_cond_frame_outputs"]}
     ours = {f: {"maskmem_features": np32(o["maskmem_features"]).transpose(0, 2, 3, 1), "obj_ptr": np32(o["obj_ptr"])}
             for f, o in everything.items()}
@@ -199,30 +194,11 @@ def encode_memory_fn(cfg):
     return _ENCODE_FNS.setdefault(id(cfg), run)
 
 
-def load_official_tracker(cfg, state: Mapping[str, Any]):
-    """The official tracker at `cfg`'s sizes with the tracker tensors of a checkpoint (`tracker.*`
-    or `inst_interactive_predictor.model.*`)."""
-    torch = _torch()
-    from sam3_jax.convert.convert import normalize_keys, tracker_source
-    from sam3_jax.parity import oracle
-
-    state = normalize_keys(state)
-    src = tracker_source(state)
-    if src is None:
-        raise ValueError("the checkpoint holds no tracker (tracker.* or inst_interactive_predictor.model.* keys)")
-    model = oracle.build_tracker(cfg)
-    sub = {k[len(src) + 1:]: torch.from_numpy(np.asarray(v, dtype=np.float32))
-           for k, v in state.items() if k.startswith(src + ".")}
-    model.load_state_dict(sub, strict=True)
-    return model.eval()
-
-
-def run_tracker_parity(cfg, *, seed: int = 0, state: Optional[Mapping[str, Any]] = None, model=None, params=None,
-                       tolerance: float = 1e-5, num_frames: int = 4, log=print,
-                       ) -> tuple[list[StageResult], dict[str, Any]]:
+def run_tracker_parity(cfg, *, seed: int = 0, model=None, params=None, tolerance: float = 1e-5, num_frames: int = 4,
+                       log=print) -> tuple[list[StageResult], dict[str, Any]]:
     """Compares the tracker stages (module docstring) of an official tracker and its conversion:
-    `model` with our `params` as given, else built (random, seeded) or loaded from `state` and
-    converted with the project's rules. Returns (stages, timings)."""
+    `model` with our `params` as given, else a seeded random official tracker converted with the
+    project's rules. Returns (stages, timings)."""
     torch = _torch()
     from sam3_jax.convert.convert import convert
     from sam3_jax.convert.rules_tracker import tracker_rules
@@ -231,12 +207,9 @@ def run_tracker_parity(cfg, *, seed: int = 0, state: Optional[Mapping[str, Any]]
 
     t0 = time.time()
     if model is None:
-        if state is None:
-            torch.manual_seed(seed)
-            model = oracle.build_tracker(cfg)
-            oracle.perturb_all_(model, seed)
-        else:
-            model = load_official_tracker(cfg, state)
+        torch.manual_seed(seed)
+        model = oracle.build_tracker(cfg)
+        oracle.perturb_all_(model, seed)
     if params is None:
         tstate = {f"tracker.{k}": v for k, v in oracle.state_dict_numpy(model).items()}
         converted, _ = convert(tstate, {"tracker": tracker_target_shapes(cfg)}, tracker_rules(cfg), pending_parts={})
