@@ -22,6 +22,10 @@ longer be chosen once it is farther back than both windows). Conditioning frames
 a store full of them raises nothing under `jit` but reports `dropped`. With K >= (conditioning
 frames) + min(num_frames, max_obj_ptrs_in_encoder) - 1 (the pointer window, the longest), nothing
 the official tracker would attend to is ever evicted.
+
+`condition_step` (a mask or clicks on a frame -> a conditioning memory) and `propagate_step` (one
+tracked frame: choice, step, new memory) are the pure per-frame functions of the tracking half of
+the video step.
 """
 
 from __future__ import annotations
@@ -161,3 +165,33 @@ def add_memory(
         next_order=memory.next_order + (ok & ~keep.any(-1)).astype(jnp.int32),
     )
     return new, ~ok
+
+
+def condition_step(params, cfg, sam2_backbone_out, memory: TrackMemory, frame_idx, *, mask=None, points=None,
+                   labels=None, multimask_output: bool = False) -> tuple[dict[str, jax.Array], TrackMemory]:
+    """Prompts B objects on a frame (a mask, used as the output, or clicks on an initial
+    conditioning frame) and stores the result as a conditioning memory (official
+    `add_new_mask` / first clicks, then the memory encoder). Pure; jit it with the flags static."""
+    from sam3_jax.model.tracker.tracker import track_step
+
+    out = track_step(params, cfg, sam2_backbone_out, None, points, labels, mask, None,
+                     is_init_cond_frame=True, multimask_output=multimask_output)
+    memory, dropped = add_memory(memory, frame_idx, out["maskmem_features"], out["obj_ptr"], True)
+    return {**out, "dropped": dropped}, memory
+
+
+def propagate_step(params, cfg, sam2_backbone_out, memory: TrackMemory, frame_idx, num_frames, *,
+                   reverse: bool = False) -> tuple[dict[str, jax.Array], TrackMemory]:
+    """Tracks B objects onto frame `frame_idx` (a traced int is fine): the memory the official
+    tracker would attend to (`memory_bank_at`), one track step without prompts (multimask output,
+    as the official tracker does for tracking), and the new memory written as a non-conditioning
+    frame. One compiled function serves every frame of a video."""
+    from sam3_jax.model.tracker.tracker import track_step
+
+    t = cfg.tracker
+    bank = memory_bank_at(memory, frame_idx, num_frames=num_frames, num_maskmem=t.num_maskmem,
+                          max_cond_frames_in_attn=t.max_cond_frames_in_attn,
+                          max_obj_ptrs_in_encoder=t.max_obj_ptrs_in_encoder, reverse=reverse)
+    out = track_step(params, cfg, sam2_backbone_out, bank, is_init_cond_frame=False, multimask_output=True)
+    memory, dropped = add_memory(memory, frame_idx, out["maskmem_features"], out["obj_ptr"], False, reverse=reverse)
+    return {**out, "dropped": dropped}, memory
