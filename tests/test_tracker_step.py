@@ -268,8 +268,10 @@ def test_step_with_slot_memory_equals_official(official, params, frames, video_r
     _compare(ours, ref, "slot memory")
 
 
-def test_chained_propagation_equals_official(official, params, frames, tiny_cfg):
-    """Two objects given as masks on frame 0, then tracked over frames 1-9 with our own memory
+@pytest.mark.parametrize("reverse", [False, True])
+def test_chained_propagation_equals_official(official, params, frames, tiny_cfg, reverse):
+    """Two objects given as masks on frame 0 (frame 9 in reverse), then tracked over the other
+    frames (forward, or backward as the official `track_in_reverse`) with our own memory
     (`condition_step` / `propagate_step`, one compiled step for every frame) against the official
     tracker chaining its own outputs: masks, pointers and object scores agree on every frame
     within 1e-5 x max(1, max abs) (measured: <= 1.3e-6 on frame 9; nothing compounds)."""
@@ -283,25 +285,28 @@ def test_chained_propagation_equals_official(official, params, frames, tiny_cfg)
     # the official step takes one feature batch per object: the frame's features repeated
     both = [{"official_feats": [x.repeat(1, 2, 1) for x in fr["official_feats"]],
              "official_pos": [x.repeat(1, 2, 1) for x in fr["official_pos"]]} for fr in frames]
+    order = list(range(NUM_FRAMES))[::-1] if reverse else list(range(NUM_FRAMES))
+    first = order[0]
     outputs = {"cond_frame_outputs": {}, "non_cond_frame_outputs": {}}
-    refs = {0: PT.official_step(model, tiny_cfg, both[0], outputs, 0, NUM_FRAMES, is_init=True, mask=masks)}
-    outputs["cond_frame_outputs"][0] = refs[0]
-    for f in range(1, NUM_FRAMES):
-        refs[f] = PT.official_step(model, tiny_cfg, both[f], outputs, f, NUM_FRAMES, is_init=False)
+    refs = {first: PT.official_step(model, tiny_cfg, both[first], outputs, first, NUM_FRAMES, is_init=True,
+                                    mask=masks, reverse=reverse)}
+    outputs["cond_frame_outputs"][first] = refs[first]
+    for f in order[1:]:
+        refs[f] = PT.official_step(model, tiny_cfg, both[f], outputs, f, NUM_FRAMES, is_init=False, reverse=reverse)
         outputs["non_cond_frame_outputs"][f] = refs[f]
 
-    cond = jax.jit(lambda p, feats, mem, m: condition_step(p, tiny_cfg, feats, mem, 0, mask=m))
-    prop = jax.jit(lambda p, feats, mem, f: propagate_step(p, tiny_cfg, feats, mem, f, NUM_FRAMES))
+    cond = jax.jit(lambda p, feats, mem, m: condition_step(p, tiny_cfg, feats, mem, first, mask=m))
+    prop = jax.jit(lambda p, feats, mem, f: propagate_step(p, tiny_cfg, feats, mem, f, NUM_FRAMES, reverse=reverse))
     memory = TrackMemory.empty(2, 12, g, t.mem_dim, t.d_model)
     two = lambda feats: jax.tree_util.tree_map(lambda x: jnp.concatenate([x, x]), feats)  # noqa: E731
     with jax.default_matmul_precision("highest"):
-        ours, memory = cond(params, two(frames[0]["ours"]), memory, jnp.asarray(masks.transpose(0, 2, 3, 1)))
-        results = {0: ours}
-        for f in range(1, NUM_FRAMES):
+        ours, memory = cond(params, two(frames[first]["ours"]), memory, jnp.asarray(masks.transpose(0, 2, 3, 1)))
+        results = {first: ours}
+        for f in order[1:]:
             results[f], memory = prop(params, two(frames[f]["ours"]), memory, jnp.int32(f))
     assert prop._cache_size() == 1  # one compiled step for the whole clip
     for f in range(NUM_FRAMES):
         for name in ("pred_masks", "obj_ptr", "object_score_logits"):
             assert_parity(np.asarray(results[f][name]), PT.np32(refs[f][name]), TOL, f"frame {f} {name}")
         assert not np.asarray(results[f]["dropped"]).any()
-    assert (PT.np32(refs[NUM_FRAMES - 1]["pred_masks"]) > 0).any()  # the objects are still tracked
+    assert (PT.np32(refs[order[-1]]["pred_masks"]) > 0).any()  # the objects are still tracked

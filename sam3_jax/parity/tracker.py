@@ -58,7 +58,7 @@ def feat_sizes(cfg) -> list[tuple[int, int]]:
 
 
 def official_step(model, cfg, frame, outputs, frame_idx: int, num_frames: int, *, is_init: bool,
-                  points=None, labels=None, mask=None, prev_logits=None) -> dict[str, Any]:
+                  points=None, labels=None, mask=None, prev_logits=None, reverse: bool = False) -> dict[str, Any]:
     """The official `track_step` (masks NCHW numpy in, torch outputs)."""
     torch = _torch()
     from sam3_jax.parity.oracle import cuda_to_cpu
@@ -71,7 +71,7 @@ def official_step(model, cfg, frame, outputs, frame_idx: int, num_frames: int, *
             frame_idx=frame_idx, is_init_cond_frame=is_init, current_vision_feats=frame["official_feats"],
             current_vision_pos_embeds=frame["official_pos"], feat_sizes=feat_sizes(cfg), image=None,
             point_inputs=point_inputs, mask_inputs=None if mask is None else torch.from_numpy(mask),
-            output_dict=outputs, num_frames=num_frames, run_mem_encoder=True,
+            output_dict=outputs, num_frames=num_frames, track_in_reverse=reverse, run_mem_encoder=True,
             prev_sam_mask_logits=None if prev_logits is None else torch.from_numpy(prev_logits),
         )
 
