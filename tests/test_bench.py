@@ -34,3 +34,16 @@ def test_matmul_conv_scan_and_cond_flops():
     assert _count(scanned, a, b, flags) == 5 * per_true  # the costliest branch when nothing is known
     # lax.cond's branches are (false, true): 3 iterations take the first, 2 the second
     assert np.isclose(_count(scanned, a, b, flags, branch_counts={5: (3, 2)}), 3 * per_false + 2 * per_true)
+
+
+def test_bench_infer_arguments(monkeypatch, capsys):
+    """bench_infer.py parses its flags and refuses what it cannot time yet (a real run takes ~1 min)."""
+    import pytest
+
+    import bench_infer
+
+    assert bench_infer.cpu_isa()  # e.g. "AVX2 (no AVX-512)"
+    monkeypatch.setattr(sys, "argv", ["bench_infer.py", "--config", "tiny", "--dtype", "bfloat16"])
+    with pytest.raises(SystemExit):
+        bench_infer.main()
+    assert "--dtype bfloat16 is not supported yet (float32 only)" in capsys.readouterr().err
