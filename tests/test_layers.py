@@ -7,6 +7,7 @@ the official package are skipped when those are not installed.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import flax.linen as nn
@@ -344,6 +345,55 @@ def test_dot_product_attention_causal_matches_sdpa():
     # The causal flag must matter (first query sees only key 0, so equals v[:, 0]).
     _close(ours[:, 0], v[:, 0], atol=1e-6)
     assert float(np.max(np.abs(_np(ours) - _sdpa_ref(q, k, v)))) > 1e-2
+
+
+@pytest.mark.parametrize("block_q", [4, 7, 64])  # several blocks with padding; one block
+def test_blocked_attention_matches_sdpa(block_q):
+    """The CPU blocked loop: plain, per-query / per-batch masks (a fully masked row averages the
+    values as jax.nn does), key-padding masks, per-head bias, causal, and bf16 inputs."""
+    from sam3_jax.layers.attention import blocked_attention
+
+    rng = _rng(11)
+    b, tq, tk, n, d = 2, 13, 9, 3, 8
+    q, k, v = _randn(rng, b, tq, n, d), _randn(rng, b, tk, n, d), _randn(rng, b, tk, n, d)
+    jq, jk, jv = jnp.asarray(q), jnp.asarray(k), jnp.asarray(v)
+    run = functools.partial(blocked_attention, jq, jk, jv, block_q=block_q)
+    _close(run(), _sdpa_ref(q, k, v), atol=2e-6)
+
+    mask = rng.random((b, 1, tq, tk)) > 0.5
+    mask[..., 0] = True
+    _close(run(mask=jnp.asarray(mask)), _sdpa_ref(q, k, v, attn_mask=_t(mask)), atol=2e-6)
+    key_pad = rng.random((b, 1, 1, tk)) > 0.3
+    key_pad[..., 1] = True
+    _close(run(mask=jnp.asarray(key_pad)), _sdpa_ref(q, k, v, attn_mask=_t(key_pad)), atol=2e-6)
+    dead = mask.copy()
+    dead[1, :, 5] = False  # batch 1, query 5 sees no key
+    want = dot_product_attention(jq, jk, jv, mask=jnp.asarray(dead), implementation="xla")
+    _close(run(mask=jnp.asarray(dead)), want, atol=2e-6)
+    _close(run(mask=jnp.asarray(dead))[1, 5], v[1].mean(0), atol=2e-6)
+
+    bias = _randn(rng, 1, n, tq, tk)
+    _close(run(bias=jnp.asarray(bias)), _sdpa_ref(q, k, v, attn_mask=_t(bias)), atol=2e-6)
+    both = dot_product_attention(jq, jk, jv, bias=jnp.asarray(bias), mask=jnp.asarray(mask), implementation="xla")
+    _close(run(bias=jnp.asarray(bias), mask=jnp.asarray(mask)), both, atol=2e-6)
+
+    qs = q[:, :tk]
+    causal = blocked_attention(jnp.asarray(qs), jk, jv, is_causal=True, block_q=block_q)
+    _close(causal, _sdpa_ref(qs, k, v, is_causal=True), atol=2e-6)
+
+    half = run.func(*(x.astype(jnp.bfloat16) for x in (jq, jk, jv)), block_q=block_q)
+    assert half.dtype == jnp.bfloat16
+    ref = dot_product_attention(*(x.astype(jnp.bfloat16) for x in (jq, jk, jv)), implementation="xla")
+    _close(half.astype(jnp.float32), ref.astype(jnp.float32), atol=2e-2)
+
+
+def test_blocked_attention_is_the_cpu_default_for_long_sequences():
+    from sam3_jax.layers import attention
+
+    assert attention.use_blocked((1, 5184, 8, 32), (1, 5184, 8, 32)) == (jax.default_backend() == "cpu")
+    assert not attention.use_blocked((2, 256, 8, 32), (2, 256, 8, 32))
+    with pytest.raises(ValueError, match="does not broadcast"):
+        attention.blocked_attention(*(jnp.zeros((1, 4, 2, 8)),) * 3, mask=jnp.ones((3, 1, 4, 4), bool))
 
 
 # ---------------------------------------------------------------------------------------------

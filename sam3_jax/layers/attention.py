@@ -32,12 +32,130 @@ def dot_product_attention(
     """Scaled dot-product attention, q/k/v (B, T, N, H), default scale 1/sqrt(H).
 
     mask: boolean, True = attend, broadcastable to (B, N, Tq, Tk). bias: additive, same shape.
+    implementation: None picks `"blocked"` for long sequences on the CPU backend (see
+    `use_blocked`) and XLA's reference otherwise; "xla", "cudnn" (jax.nn's kernels) or "blocked"
+    force one.
     """
+    if implementation is None:
+        implementation = "blocked" if use_blocked(q.shape, k.shape) else "xla"
+    if implementation == "blocked":
+        return blocked_attention(q, k, v, bias=bias, mask=mask, is_causal=is_causal)
     if implementation == "cudnn":  # cuDNN wants bias / mask with both sequence lengths spelled out
         bias, mask = (full_sequence_lengths(x, q.shape[1], k.shape[1]) for x in (bias, mask))
     return jax.nn.dot_product_attention(
         q, k, v, bias=bias, mask=mask, is_causal=is_causal, implementation=implementation
     )
+
+
+# Attention whose logits tensor would exceed this many elements runs blocked on the CPU backend.
+BLOCKED_MIN_LOGITS = 1 << 24
+# Target size of one query block's fp32 logits (B x block x Tk) in the blocked loop.
+BLOCKED_TARGET_BYTES = 4 << 20
+
+
+def use_blocked(q_shape: tuple[int, ...], k_shape: tuple[int, ...]) -> bool:
+    """The automatic choice: blocked attention on the CPU backend once the (B, N, Tq, Tk) logits
+    would be large (XLA:CPU materialises them and runs 3-6x slower than a blocked loop there)."""
+    b, tq, n, _ = q_shape
+    return jax.default_backend() == "cpu" and b * n * tq * k_shape[1] >= BLOCKED_MIN_LOGITS
+
+
+def _to_4d(x: Optional[jax.Array], b: int, n: int, tq: int, tk: int, name: str) -> Optional[jax.Array]:
+    """A mask / bias broadcastable to (B, N, Tq, Tk) -> 4D with every dim 1 or full (no copy)."""
+    if x is None:
+        return None
+    if x.ndim > 4:
+        raise ValueError(f"attention {name} has {x.ndim} dims, at most 4 (B, N, Tq, Tk)")
+    x = x.reshape((1,) * (4 - x.ndim) + x.shape)
+    for got, full, axis in zip(x.shape, (b, n, tq, tk), "B N Tq Tk".split()):
+        if got not in (1, full):
+            raise ValueError(f"attention {name} of shape {x.shape} does not broadcast to {(b, n, tq, tk)} ({axis})")
+    if x.shape[3] != tk:  # keys are never looped over: give them their full length
+        x = jnp.broadcast_to(x, x.shape[:3] + (tk,))
+    return x
+
+
+def blocked_attention(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    *,
+    bias: Optional[jax.Array] = None,
+    mask: Optional[jax.Array] = None,
+    is_causal: bool = False,
+    block_q: Optional[int] = None,
+) -> jax.Array:
+    """Exact attention as a loop over heads and query blocks (jax.nn.dot_product_attention's math).
+
+    Each step computes one head's logits for a block of queries against every key, (B, block, Tk)
+    in fp32, so the working set stays in cache instead of XLA:CPU's whole (B, N, Tq, Tk) tensor.
+    The softmax is exact per row (no online rescaling: all keys are in the block); the
+    normalisation is applied after the value product, (e @ v) / sum(e), which changes results by
+    float rounding only. Masked logits get jax.nn's large negative value, so a row with every key
+    masked averages the values, as jax.nn does. Differentiable (a `lax.map`), but meant for
+    inference: the loop runs over heads, so do not shard heads when it is on.
+    """
+    b, tq, n, h = q.shape
+    tk = k.shape[1]
+    if k.shape != (b, tk, n, h) or v.shape[:3] != (b, tk, n):
+        raise ValueError(f"q {q.shape}, k {k.shape}, v {v.shape} do not form (B, T, N, H) attention")
+    bias = _to_4d(bias, b, n, tq, tk, "bias")
+    mask = _to_4d(mask, b, n, tq, tk, "mask")
+    if block_q is None:
+        block_q = max(8, BLOCKED_TARGET_BYTES // (4 * b * tk))
+    nc = -(-tq // min(block_q, tq))
+    blk = -(-tq // nc)
+    pad = nc * blk - tq
+    logits_dtype = jnp.promote_types(q.dtype, jnp.float32)
+    scale = jnp.asarray(h ** -0.5, logits_dtype)
+    large_negative = -0.7 * jnp.finfo(jnp.float32).max
+
+    def by_block(x: jax.Array, axis: int) -> jax.Array:
+        """Pads `axis` (Tq) to nc * blk and splits it into (nc, blk) at that place."""
+        if pad:
+            x = jnp.pad(x, [(0, pad) if i == axis else (0, 0) for i in range(x.ndim)])
+        return x.reshape(x.shape[:axis] + (nc, blk) + x.shape[axis + 1:])
+
+    qb = by_block(q, 1).transpose(3, 1, 0, 2, 4)  # (N, nc, B, blk, H)
+    kt = k.transpose(2, 0, 3, 1)  # (N, B, H, Tk)
+    vt = v.transpose(2, 0, 1, 3)  # (N, B, Tk, Hv)
+
+    def per_head(x: Optional[jax.Array]) -> Optional[jax.Array]:
+        """(B', N', Tq', Tk) -> (N', nc', B', blk', Tk): looped over like the queries."""
+        if x is None:
+            return None
+        x = by_block(x, 2) if x.shape[2] != 1 else x[:, :, None]  # (B', N', nc|1, blk|1, Tk)
+        return x.transpose(1, 2, 0, 3, 4)
+
+    bias_h, mask_h = per_head(bias), per_head(mask)
+    q_pos = jnp.arange(nc * blk).reshape(nc, blk)
+
+    def pick(x: Optional[jax.Array], i: jax.Array) -> Optional[jax.Array]:
+        return None if x is None else (x[0] if x.shape[0] == 1 else x[i])
+
+    def head(i):
+        kt_i, vt_i, b_i, m_i = kt[i], vt[i], pick(bias_h, i), pick(mask_h, i)
+
+        def block(c):
+            s = jnp.einsum("bqh,bhk->bqk", qb[i, c], kt_i, preferred_element_type=logits_dtype) * scale
+            if b_i is not None:
+                s = s + pick(b_i, c).astype(logits_dtype)
+            keep = None if m_i is None else pick(m_i, c)
+            if is_causal:
+                causal = q_pos[c][:, None] >= jnp.arange(tk)[None, :]
+                keep = causal if keep is None else keep & causal
+            if keep is not None:
+                s = jnp.where(keep, s, large_negative)
+            s = s.astype(jnp.float32)
+            e = jnp.exp(s - s.max(-1, keepdims=True))
+            o = jnp.einsum("bqk,bkh->bqh", e.astype(v.dtype), vt_i, preferred_element_type=jnp.float32)
+            return (o / e.sum(-1, keepdims=True)).astype(v.dtype)
+
+        return jax.lax.map(block, jnp.arange(nc))  # (nc, B, blk, Hv)
+
+    out = jax.lax.map(head, jnp.arange(n))  # (N, nc, B, blk, Hv)
+    out = out.transpose(2, 1, 3, 0, 4).reshape(b, nc * blk, n, v.shape[-1])
+    return out[:, :tq]
 
 
 def full_sequence_lengths(x: Optional[jax.Array], tq: int, tk: int) -> Optional[jax.Array]:

@@ -90,32 +90,9 @@ class Sam3Image(nn.Module):
         queries; the o2o ones give the usual outputs, the o2m ones `pred_logits_o2m`,
         `pred_boxes_o2m`, `pred_boxes_xyxy_o2m`, `pred_masks_o2m` (and the first three per layer in
         `aux`), which the training loss reads."""
-        fpn = list(image_out["backbone_fpn"])
-        pos = list(image_out["vision_pos_enc"])
-        n_prompts = text_out["language_features"].shape[0]
-        n_images = fpn[-1].shape[0]
-        if img_ids is not None:
-            fpn = [jnp.take(f, img_ids, axis=0) for f in fpn]
-            pos = [jnp.take(p, img_ids, axis=0) for p in pos]
-        elif n_images != n_prompts:
-            if n_images != 1:
-                raise ValueError(f"{n_prompts} prompts for {n_images} images: pass img_ids")
-            fpn = [jnp.broadcast_to(f, (n_prompts,) + f.shape[1:]) for f in fpn]
-            pos = [jnp.broadcast_to(p, (n_prompts,) + p.shape[1:]) for p in pos]
-        feats, feat_pos = fpn[-1], pos[-1]
-        b, h, w, c = feats.shape
-
-        geo, geo_mask = self.geometry_encoder(
-            boxes=boxes, box_labels=box_labels, box_mask=box_mask, img_feats=feats, img_pos=feat_pos
-        )
-        prompt = jnp.concatenate([text_out["language_features"].astype(geo.dtype), geo], axis=1)
-        prompt_mask = jnp.concatenate([text_out["language_mask"], geo_mask], axis=1)
-
-        img_tokens = feats.reshape(b, h * w, c)
-        img_pos = feat_pos.reshape(b, h * w, c)
-        memory = self.transformer.encoder(img_tokens, img_pos, prompt, prompt_mask)
-        dec = self.transformer.decoder(memory, img_pos, (h, w), prompt, prompt_mask, dac=dac)
-        logits = self.dot_prod_scoring(dec["hs"], prompt, prompt_mask)  # (L, B, Q, 1); 2Q with DAC
+        det = self.detect(image_out, text_out, boxes, box_labels, box_mask, img_ids=img_ids, dac=dac)
+        fpn, memory, prompt, prompt_mask = det["backbone_fpn"], det["memory"], det["prompt"], det["prompt_mask"]
+        dec, logits = det["dec"], det["logits"]
         seg = self.segmentation_head(fpn, memory, prompt, prompt_mask, dec["hs"][-1])
         o2m = {}
         if dac:
@@ -151,6 +128,60 @@ class Sam3Image(nn.Module):
             out.update({k: v[-1] for k, v in o2m.items()})
             out["pred_masks_o2m"] = seg["pred_masks_o2m"]
         return out
+
+    def detect(self, image_out, text_out, boxes, box_labels, box_mask, img_ids=None, dac: bool = False):
+        """Everything of `forward_grounding` but the segmentation head: the prompt, the fusion
+        encoder's `memory`, the decoder outputs `dec` and the per-layer logits `logits`, plus the
+        per-prompt `backbone_fpn` / `vision_pos_enc` (what `segment` needs for the masks)."""
+        fpn = list(image_out["backbone_fpn"])
+        pos = list(image_out["vision_pos_enc"])
+        n_prompts = text_out["language_features"].shape[0]
+        n_images = fpn[-1].shape[0]
+        if img_ids is not None:
+            fpn = [jnp.take(f, img_ids, axis=0) for f in fpn]
+            pos = [jnp.take(p, img_ids, axis=0) for p in pos]
+        elif n_images != n_prompts:
+            if n_images != 1:
+                raise ValueError(f"{n_prompts} prompts for {n_images} images: pass img_ids")
+            fpn = [jnp.broadcast_to(f, (n_prompts,) + f.shape[1:]) for f in fpn]
+            pos = [jnp.broadcast_to(p, (n_prompts,) + p.shape[1:]) for p in pos]
+        feats, feat_pos = fpn[-1], pos[-1]
+        b, h, w, c = feats.shape
+
+        geo, geo_mask = self.geometry_encoder(
+            boxes=boxes, box_labels=box_labels, box_mask=box_mask, img_feats=feats, img_pos=feat_pos
+        )
+        prompt = jnp.concatenate([text_out["language_features"].astype(geo.dtype), geo], axis=1)
+        prompt_mask = jnp.concatenate([text_out["language_mask"], geo_mask], axis=1)
+
+        img_tokens = feats.reshape(b, h * w, c)
+        img_pos = feat_pos.reshape(b, h * w, c)
+        memory = self.transformer.encoder(img_tokens, img_pos, prompt, prompt_mask)
+        dec = self.transformer.decoder(memory, img_pos, (h, w), prompt, prompt_mask, dac=dac)
+        logits = self.dot_prod_scoring(dec["hs"], prompt, prompt_mask)  # (L, B, Q, 1); 2Q with DAC
+        return {"backbone_fpn": fpn, "vision_pos_enc": pos, "memory": memory, "prompt": prompt,
+                "prompt_mask": prompt_mask, "dec": dec, "logits": logits}
+
+    def segment(self, backbone_fpn, memory, prompt, prompt_mask, queries) -> dict[str, jax.Array]:
+        """The segmentation head alone, for any subset of the decoder's final queries (B, K, C):
+        mask logits (B, K, 4g, 4g) of just those (what a predictor keeps)."""
+        return self.segmentation_head(list(backbone_fpn), memory, prompt, prompt_mask, queries)
+
+    def forward_detections(self, image_out, tokens, boxes, box_labels, box_mask) -> dict[str, Any]:
+        """Text tokens + boxes for one cached image -> scores and boxes of every query, plus what
+        `segment` needs to make masks later for the kept ones (`memory`, `prompt`, `prompt_mask`,
+        `queries`)."""
+        det = self.detect(image_out, self.forward_text(tokens), boxes, box_labels, box_mask)
+        dec = det["dec"]
+        return {
+            "pred_logits": det["logits"][-1],
+            "presence_logit_dec": dec["presence_logits"][-1],
+            "pred_boxes_xyxy": dec["pred_boxes_xyxy"][-1],
+            "memory": det["memory"],
+            "prompt": det["prompt"],
+            "prompt_mask": det["prompt_mask"],
+            "queries": dec["hs"][-1],
+        }
 
     def forward_prompts(self, image_out, tokens, boxes, box_labels, box_mask) -> dict[str, Any]:
         """Text tokens + boxes for one cached image (or one per prompt) -> grounding outputs."""

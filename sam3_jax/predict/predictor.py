@@ -12,8 +12,12 @@
 Post-processing follows the official `Sam3Processor`: score = sigmoid(logit) * sigmoid(presence),
 keep score > threshold (no NMS), boxes cxcywh -> xyxy scaled to the original size, mask logits
 resized bilinearly (torch semantics) to the original size, then sigmoid > 0.5. Results are in
-query order. Compiled functions are cached per input shape: prompts are padded to fixed sizes
-(box count to a multiple of 4, kept-mask count to a power of two), so repeated calls reuse them.
+query order. A prompt runs in two jitted steps: scores and boxes of every query (text encoder,
+fusion encoder, decoder, scoring), then the segmentation head for just the kept queries of the
+prompts that kept any; the official model makes masks for all queries and drops them after, so
+the outputs are the same while a prompt that keeps nothing does no mask work. Compiled functions
+are cached per input shape: prompts are padded to fixed sizes (box count to a multiple of 4,
+kept-mask count to a power of two), so repeated calls reuse them.
 
 Instance prompts (`predict_instance`, the official `Sam3Image.predict_inst`) segment one object per
 prompt with the tracker's SAM heads; they need a checkpoint converted with the tracker (a `tracker`
@@ -90,10 +94,22 @@ class Sam3ImagePredictor:
         def ground(params, image_out, tokens, boxes, box_labels, box_mask):
             out = model.apply(
                 {"params": params}, image_out, tokens, boxes, box_labels, box_mask,
-                method=type(model).forward_prompts,
+                method=type(model).forward_detections,
             )
             scores = jax.nn.sigmoid(out["pred_logits"][..., 0]) * jax.nn.sigmoid(out["presence_logit_dec"])
-            return {"scores": scores, "pred_boxes_xyxy": out["pred_boxes_xyxy"], "pred_masks": out["pred_masks"]}
+            keep = ("memory", "prompt", "prompt_mask", "queries")
+            return {"scores": scores, "pred_boxes_xyxy": out["pred_boxes_xyxy"], **{k: out[k] for k in keep}}
+
+        @functools.partial(jax.jit, static_argnames=("size",))
+        def masks(params, image_out, det, row, query_idx, *, size):
+            """Masks of the kept queries `query_idx` (K,) of prompt `row` only: the segmentation
+            head on those queries, bilinear to `size`, sigmoid > 0.5 -> (K, H, W) bool."""
+            pick = {k: jax.lax.dynamic_index_in_dim(det[k], row, keepdims=True)
+                    for k in ("memory", "prompt", "prompt_mask", "queries")}
+            queries = jnp.take(pick["queries"], query_idx, axis=1)
+            logits = model.apply({"params": params}, image_out["backbone_fpn"], pick["memory"], pick["prompt"],
+                                 pick["prompt_mask"], queries, method=type(model).segment)["pred_masks"][0]
+            return _upsample_binarise(logits, size)
 
         @functools.partial(jax.jit, static_argnames=("orig_hw", "multimask_output"))
         def segment_instances(heads, features, points, labels, mask_input, *, orig_hw, multimask_output):
@@ -102,6 +118,7 @@ class Sam3ImagePredictor:
 
         self._encode_image = encode_image
         self._ground = ground
+        self._masks = masks
         self._segment_instances = segment_instances
 
     # ------------------------------------------------------------------ construction
@@ -190,29 +207,37 @@ class Sam3ImagePredictor:
         mask[0, :m] = False
         return cxcywh, lab, mask
 
-    def _postprocess(self, scores, boxes_xyxy, mask_logits, threshold: float) -> dict[str, np.ndarray]:
-        h, w = self._orig_hw
-        scores = np.asarray(scores)
-        keep = np.flatnonzero(scores > threshold)
-        out_boxes = np.asarray(boxes_xyxy)[keep] * np.array([w, h, w, h], np.float32)
-        n = len(keep)
-        if n == 0:
-            masks = np.zeros((0, h, w), bool)
-        else:
-            bucket = min(_next_pow2(n), mask_logits.shape[0])
-            idx = np.zeros(bucket, np.int32)
-            idx[:n] = keep
-            masks = np.asarray(_resize_masks(mask_logits, jnp.asarray(idx), (h, w)))[:n]
-        return {"masks": masks, "boxes": out_boxes.astype(np.float32), "scores": scores[keep].astype(np.float32)}
-
-    def _run(self, texts: Sequence[str], boxes, box_labels) -> dict[str, Any]:
+    def _run(self, texts: Sequence[str], boxes, box_labels, threshold: float) -> list[dict[str, np.ndarray]]:
+        """Scores and boxes of every query for each prompt (one jitted call), then masks for just the
+        kept queries of the prompts that kept any (one jitted call per such prompt; no mask work
+        at all when nothing passes the threshold). Kept counts are padded to a power of two so the
+        mask function compiles once per bucket."""
         self._require_image()
         tokens = self._tokens(texts)
         cxcywh, lab, mask = self._boxes(boxes, box_labels)
         p = len(texts)
         cxcywh, lab, mask = (np.repeat(a, p, axis=0) for a in (cxcywh, lab, mask))
-        return self._ground(self._detector_params, self._image_out, jnp.asarray(tokens), jnp.asarray(cxcywh),
-                            jnp.asarray(lab), jnp.asarray(mask))
+        det = self._ground(self._detector_params, self._image_out, jnp.asarray(tokens), jnp.asarray(cxcywh),
+                           jnp.asarray(lab), jnp.asarray(mask))
+        h, w = self._orig_hw
+        scores, boxes_xyxy = np.asarray(det["scores"]), np.asarray(det["pred_boxes_xyxy"])
+        results = []
+        for i in range(p):
+            keep = np.flatnonzero(scores[i] > threshold)
+            n = len(keep)
+            if n == 0:
+                masks = np.zeros((0, h, w), bool)
+            else:
+                idx = np.zeros(min(_next_pow2(n), scores.shape[1]), np.int32)
+                idx[:n] = keep
+                masks = np.asarray(self._masks(self._detector_params, self._image_out, det, jnp.int32(i),
+                                               jnp.asarray(idx), size=(h, w)))[:n]
+            results.append({
+                "masks": masks,
+                "boxes": (boxes_xyxy[i, keep] * np.array([w, h, w, h], np.float32)).astype(np.float32),
+                "scores": scores[i, keep].astype(np.float32),
+            })
+        return results
 
     def predict(self, text: Optional[str] = None, boxes=None, box_labels=None, threshold: float = 0.5) -> dict:
         """One prompt: a noun phrase, exemplar boxes ((M, 4) xyxy pixels; box_labels (M,) bool,
@@ -226,8 +251,7 @@ class Sam3ImagePredictor:
             raise ValueError("empty prompt: give a non-empty text, exemplar boxes, or both")
         if text is None or not text.strip():
             text = VISUAL_PROMPT_TEXT
-        out = self._run([text], boxes if has_boxes else None, box_labels if has_boxes else None)
-        return self._postprocess(out["scores"][0], out["pred_boxes_xyxy"][0], out["pred_masks"][0], threshold)
+        return self._run([text], boxes if has_boxes else None, box_labels if has_boxes else None, threshold)[0]
 
     def predict_batch(self, texts: Sequence[str], threshold: float = 0.5) -> list[dict]:
         """Many text prompts on the cached image encoding, in one jitted call."""
@@ -236,11 +260,7 @@ class Sam3ImagePredictor:
             raise ValueError("texts must be a non-empty list of strings")
         if any((not isinstance(t, str)) or not t.strip() for t in texts):
             raise ValueError("every text prompt must be a non-empty string")
-        out = self._run(list(texts), None, None)
-        return [
-            self._postprocess(out["scores"][i], out["pred_boxes_xyxy"][i], out["pred_masks"][i], threshold)
-            for i in range(len(texts))
-        ]
+        return self._run(list(texts), None, None, threshold)
 
     # ------------------------------------------------------------------ instance prompts
     def predict_instance(self, points=None, point_labels=None, box=None, mask_input=None,
@@ -381,9 +401,7 @@ def _as_float_array(value: Any, argname: str) -> np.ndarray:
     return a
 
 
-@functools.partial(jax.jit, static_argnums=(2,))
-def _resize_masks(mask_logits: jax.Array, idx: jax.Array, size: tuple[int, int]) -> jax.Array:
-    """Selected (Q, h, w) mask logits -> (len(idx), H, W) bool, torch bilinear then sigmoid > 0.5."""
-    sel = jnp.take(mask_logits, idx, axis=0)[..., None]  # (n, h, w, 1)
-    up = resize_bilinear(sel, size)[..., 0]
+def _upsample_binarise(mask_logits: jax.Array, size: tuple[int, int]) -> jax.Array:
+    """(K, h, w) mask logits -> (K, H, W) bool: torch bilinear to `size`, then sigmoid > 0.5."""
+    up = resize_bilinear(mask_logits[..., None], size)[..., 0]
     return jax.nn.sigmoid(up) > 0.5
