@@ -139,10 +139,18 @@ def official_cases(model, cfg, photo, threshold: float) -> dict:
     return {"a": full, "b": one_more, "c": sixteen}
 
 
-def ours_cases(params, cfg, photo, threshold: float) -> dict:
-    """The three cases as callables on `Sam3ImagePredictor` (each returns the kept counts)."""
+def ours_cases(params, cfg, photo, threshold: float, dtype: str = "float32") -> dict:
+    """The three cases as callables on `Sam3ImagePredictor` (each returns the kept counts). bfloat16:
+    params cast to bf16 and `model.dtype=bfloat16` (the path of `convert_weights.py --dtype bfloat16`)."""
+    import jax.numpy as jnp
+
     from sam3_jax.predict.predictor import Sam3ImagePredictor
 
+    if dtype != "float32":
+        cfg = cfg.copy_and_resolve_references()
+        cfg.dtype = dtype
+        params = jax.tree_util.tree_map(
+            lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, params)
     pred = Sam3ImagePredictor(params, cfg)
 
     def full():
@@ -166,14 +174,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", default="tiny", choices=["tiny", "full"], help="sam3_jax.config.model_config variant")
     ap.add_argument("--repeats", type=int, default=3, help="timed calls per case (median)")
-    ap.add_argument("--dtype", default="float32", help="compute dtype (float32 only for now)")
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                    help="sam3_jax's compute dtype (the official model stays float32)")
     ap.add_argument("--threshold", type=float, default=0.5, help="confidence threshold of both sides")
     ap.add_argument("--seed", type=int, default=0, help="seed of the random weights")
     ap.add_argument("--no_official", action="store_true", help="time sam3_jax alone")
     ap.add_argument("--json", default=None, metavar="PATH", help="also write the figures as JSON")
     args = ap.parse_args()
-    if args.dtype != "float32":
-        ap.error(f"--dtype {args.dtype} is not supported yet (float32 only)")
     if args.repeats < 1:
         ap.error("--repeats must be at least 1")
     warnings.filterwarnings("ignore")  # the official package's import-time deprecation / no-CUDA warnings
@@ -218,7 +225,7 @@ def main() -> None:
         for k in CASES:
             off[k]()  # warm-up
         mem["official"] = peak_rss_mib()
-    jx = ours_cases(params, cfg, photo, args.threshold)
+    jx = ours_cases(params, cfg, photo, args.threshold, args.dtype)
     first = {k: timed(jx[k])[0] for k in CASES}  # compile + run
     mem["sam3_jax"] = peak_rss_mib()
     ours, official = {}, ({} if off else None)

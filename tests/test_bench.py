@@ -37,13 +37,15 @@ def test_matmul_conv_scan_and_cond_flops():
 
 
 def test_bench_infer_arguments(monkeypatch, capsys):
-    """bench_infer.py parses its flags and refuses what it cannot time yet (a real run takes ~1 min)."""
+    """bench_infer.py parses its flags and refuses bad ones before any work (a real run takes minutes)."""
     import pytest
 
     import bench_infer
 
     assert bench_infer.cpu_isa()  # e.g. "AVX2 (no AVX-512)"
-    monkeypatch.setattr(sys, "argv", ["bench_infer.py", "--config", "tiny", "--dtype", "bfloat16"])
-    with pytest.raises(SystemExit):
-        bench_infer.main()
-    assert "--dtype bfloat16 is not supported yet (float32 only)" in capsys.readouterr().err
+    for argv, message in ((["--dtype", "float16"], "invalid choice: 'float16'"),
+                          (["--repeats", "0"], "--repeats must be at least 1")):
+        monkeypatch.setattr(sys, "argv", ["bench_infer.py", "--config", "tiny", *argv])
+        with pytest.raises(SystemExit):
+            bench_infer.main()
+        assert message in capsys.readouterr().err

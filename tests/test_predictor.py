@@ -199,3 +199,46 @@ def test_predict_cli(converted, photo, tmp_path, repo_root, python):
         cwd=repo_root, capture_output=True, text=True, timeout=600,
     )
     assert bad.returncode == 1 and "x1 < x0" in bad.stderr
+
+
+# Bounds of the bf16 path against the official float32 model, every query (tiny config, this file's
+# photo (451 x 300) and model). Measured: scores within 1.5e-3, boxes within 0.37 px, mask IoU >= 0.88
+# (mean 0.95), no keep decision flipped for a score more than 0.01 from the threshold; the bounds
+# leave about 3x room for other CPUs. Full-config figures: README (benchmarks/accuracy.py).
+BF16_BOUNDS = {"score_abs_max": 5e-3, "box_err_px_max": 1.0, "mask_iou_min": 0.8, "mask_iou_mean": 0.9,
+               "keep_flips_clear": 0}
+
+
+def test_bf16_path_meets_documented_bounds(converted, photo, tmp_path):
+    """A checkpoint stored in bf16 runs the bf16 path (compute dtype from the manifest) and stays
+    within the documented bounds of the official float32 model, query by query."""
+    import jax
+    import jax.numpy as jnp
+
+    from sam3_jax import Sam3ImagePredictor
+    from sam3_jax.convert.checkpoint import load_converted, read_manifest, save_converted
+    from sam3_jax.model.sam3_image import image_model_target_shapes
+    from sam3_jax.parity.detections import agreement, official_detections
+
+    model, ckpt_dir, _ = converted
+    manifest = read_manifest(ckpt_dir)
+    import ml_collections
+
+    cfg = ml_collections.ConfigDict(manifest["model_config"])
+    params, _ = load_converted(ckpt_dir, image_model_target_shapes(cfg))
+    bf16 = jax.tree_util.tree_map(lambda x: x.astype(jnp.bfloat16), params)
+    out_dir = tmp_path / "bf16"
+    save_converted(str(out_dir), bf16, {**manifest, "dtype": "bfloat16"})
+    pred = Sam3ImagePredictor.from_checkpoint(str(out_dir))
+    assert pred.config.dtype == "bfloat16"
+    assert {x.dtype for x in jax.tree_util.tree_leaves(pred.params)} == {jnp.dtype(jnp.bfloat16)}
+    pred.set_image(photo)
+    texts = ["a cat", "an ear"]
+    outs = pred.predict_batch(texts, threshold=0.0)
+    for ref, ours in zip(official_detections(model, cfg, photo, texts), outs):
+        a = agreement(ref, ours, float(np.median(ref["scores"])))
+        assert a["score_abs_max"] <= BF16_BOUNDS["score_abs_max"], a
+        assert a["box_err_px_max"] <= BF16_BOUNDS["box_err_px_max"], a
+        assert a["mask_iou_min"] >= BF16_BOUNDS["mask_iou_min"], a
+        assert a["mask_iou_mean"] >= BF16_BOUNDS["mask_iou_mean"], a
+        assert a["keep_flips_clear"] <= BF16_BOUNDS["keep_flips_clear"], a

@@ -49,7 +49,7 @@ def dot_product_attention(
 
 # Attention whose logits tensor would exceed this many elements runs blocked on the CPU backend.
 BLOCKED_MIN_LOGITS = 1 << 24
-# Target size of one query block's fp32 logits (B x block x Tk) in the blocked loop.
+# Target size of one query block's fp32 logits (block x Tk) in the blocked loop.
 BLOCKED_TARGET_BYTES = 4 << 20
 
 
@@ -87,13 +87,15 @@ def blocked_attention(
 ) -> jax.Array:
     """Exact attention as a loop over heads and query blocks (jax.nn.dot_product_attention's math).
 
-    Each step computes one head's logits for a block of queries against every key, (B, block, Tk)
-    in fp32, so the working set stays in cache instead of XLA:CPU's whole (B, N, Tq, Tk) tensor.
+    Each step computes one batch row's and head's logits for a block of queries against every key,
+    (block, Tk) in fp32, so the working set stays in cache instead of XLA:CPU's whole (B, N, Tq, Tk)
+    tensor.
     The softmax is exact per row (no online rescaling: all keys are in the block); the
     normalisation is applied after the value product, (e @ v) / sum(e), which changes results by
     float rounding only. Masked logits get jax.nn's large negative value, so a row with every key
     masked averages the values, as jax.nn does. Differentiable (a `lax.map`), but meant for
-    inference: the loop runs over heads, so do not shard heads when it is on.
+    inference on one device: the loop runs over batch rows and heads, so do not shard those axes
+    when it is on (the automatic choice only picks it on the CPU backend).
     """
     b, tq, n, h = q.shape
     tk = k.shape[1]
@@ -102,7 +104,7 @@ def blocked_attention(
     bias = _to_4d(bias, b, n, tq, tk, "bias")
     mask = _to_4d(mask, b, n, tq, tk, "mask")
     if block_q is None:
-        block_q = max(8, BLOCKED_TARGET_BYTES // (4 * b * tk))
+        block_q = max(8, BLOCKED_TARGET_BYTES // (4 * tk))
     nc = -(-tq // min(block_q, tq))
     blk = -(-tq // nc)
     pad = nc * blk - tq
@@ -116,45 +118,42 @@ def blocked_attention(
             x = jnp.pad(x, [(0, pad) if i == axis else (0, 0) for i in range(x.ndim)])
         return x.reshape(x.shape[:axis] + (nc, blk) + x.shape[axis + 1:])
 
-    qb = by_block(q, 1).transpose(3, 1, 0, 2, 4)  # (N, nc, B, blk, H)
-    kt = k.transpose(2, 0, 3, 1)  # (N, B, H, Tk)
-    vt = v.transpose(2, 0, 1, 3)  # (N, B, Tk, Hv)
+    qb = by_block(q, 1).transpose(0, 3, 1, 2, 4)  # (B, N, nc, blk, H)
+    kt = k.transpose(0, 2, 3, 1)  # (B, N, H, Tk)
+    vt = v.transpose(0, 2, 1, 3)  # (B, N, Tk, Hv)
 
-    def per_head(x: Optional[jax.Array]) -> Optional[jax.Array]:
-        """(B', N', Tq', Tk) -> (N', nc', B', blk', Tk): looped over like the queries."""
+    def split(x: Optional[jax.Array]) -> Optional[jax.Array]:
+        """(B', N', Tq', Tk) -> (B', N', nc', blk', Tk): indexed like the queries."""
         if x is None:
             return None
-        x = by_block(x, 2) if x.shape[2] != 1 else x[:, :, None]  # (B', N', nc|1, blk|1, Tk)
-        return x.transpose(1, 2, 0, 3, 4)
+        return by_block(x, 2) if x.shape[2] != 1 else x[:, :, None]
 
-    bias_h, mask_h = per_head(bias), per_head(mask)
+    bias, mask = split(bias), split(mask)
     q_pos = jnp.arange(nc * blk).reshape(nc, blk)
 
     def pick(x: Optional[jax.Array], i: jax.Array) -> Optional[jax.Array]:
+        """x[i] along the leading axis, or x[0] where that axis is broadcast (size 1)."""
         return None if x is None else (x[0] if x.shape[0] == 1 else x[i])
 
-    def head(i):
-        kt_i, vt_i, b_i, m_i = kt[i], vt[i], pick(bias_h, i), pick(mask_h, i)
+    def one(i, j, c):  # batch row i, head j, query block c -> (blk, Hv)
+        s = jnp.matmul(qb[i, j, c], kt[i, j], preferred_element_type=logits_dtype) * scale
+        bias_c = pick(pick(pick(bias, i), j), c)
+        if bias_c is not None:
+            s = s + bias_c.astype(logits_dtype)
+        keep = pick(pick(pick(mask, i), j), c)
+        if is_causal:
+            causal = q_pos[c][:, None] >= jnp.arange(tk)[None, :]
+            keep = causal if keep is None else keep & causal
+        if keep is not None:
+            s = jnp.where(keep, s, large_negative)
+        s = s.astype(jnp.float32)
+        e = jnp.exp(s - s.max(-1, keepdims=True))
+        o = jnp.matmul(e.astype(v.dtype), vt[i, j], preferred_element_type=jnp.float32)
+        return (o / e.sum(-1, keepdims=True)).astype(v.dtype)
 
-        def block(c):
-            s = jnp.einsum("bqh,bhk->bqk", qb[i, c], kt_i, preferred_element_type=logits_dtype) * scale
-            if b_i is not None:
-                s = s + pick(b_i, c).astype(logits_dtype)
-            keep = None if m_i is None else pick(m_i, c)
-            if is_causal:
-                causal = q_pos[c][:, None] >= jnp.arange(tk)[None, :]
-                keep = causal if keep is None else keep & causal
-            if keep is not None:
-                s = jnp.where(keep, s, large_negative)
-            s = s.astype(jnp.float32)
-            e = jnp.exp(s - s.max(-1, keepdims=True))
-            o = jnp.einsum("bqk,bkh->bqh", e.astype(v.dtype), vt_i, preferred_element_type=jnp.float32)
-            return (o / e.sum(-1, keepdims=True)).astype(v.dtype)
-
-        return jax.lax.map(block, jnp.arange(nc))  # (nc, B, blk, Hv)
-
-    out = jax.lax.map(head, jnp.arange(n))  # (N, nc, B, blk, Hv)
-    out = out.transpose(2, 1, 3, 0, 4).reshape(b, nc * blk, n, v.shape[-1])
+    idx = lambda size: jnp.arange(size)  # noqa: E731
+    out = jax.lax.map(lambda i: jax.lax.map(lambda j: jax.lax.map(lambda c: one(i, j, c), idx(nc)), idx(n)), idx(b))
+    out = out.transpose(0, 2, 3, 1, 4).reshape(b, nc * blk, n, v.shape[-1])  # (B, N, nc, blk, Hv) -> (B, T, N, Hv)
     return out[:, :tq]
 
 

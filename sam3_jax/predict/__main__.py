@@ -19,6 +19,9 @@ mask as RLE; `best` is the index of the highest IoU) and OUT/overlay.png (the be
 clicks (green positive, red negative) and the prompt box). --point_labels defaults to all
 positive. Instance flags cannot be mixed with --text / --boxes.
 
+--dtype bfloat16 runs the bf16 path (the default is the checkpoint's stored dtype, so a checkpoint
+converted with `convert_weights.py --dtype bfloat16` runs in bf16).
+
 Exit status 1 on bad input, with the reason on stderr.
 """
 
@@ -42,6 +45,8 @@ _POINT_LABELS = flags.DEFINE_string("point_labels", None,
 _INSTANCE_BOX = flags.DEFINE_string("instance_box", None, "Instance box prompt 'x0,y0,x1,y1' in pixels.")
 _MULTIMASK = flags.DEFINE_bool("multimask", True, "Instance prompts: 3 candidate masks (else 1).")
 _OUT = flags.DEFINE_string("out", None, "Output directory.")
+_DTYPE = flags.DEFINE_enum("dtype", None, ["float32", "bfloat16"],
+                           "Compute dtype (default: the checkpoint's stored dtype).")
 
 
 def _parse_numbers(s: str, n: int | None, flag: str, form: str, kind=float) -> list:
@@ -115,7 +120,7 @@ def main(argv) -> int:
             raise FileNotFoundError(f"image file not found: {_IMAGE.value}")
         image = np.asarray(Image.open(_IMAGE.value).convert("RGB"))
         if instance_mode:
-            predictor = Sam3ImagePredictor.from_checkpoint(_CKPT.value)
+            predictor = Sam3ImagePredictor.from_checkpoint(_CKPT.value, dtype=_DTYPE.value)
             predictor.set_image(image)
             out = predictor.predict_instance(points=points, point_labels=point_labels, box=inst_box,
                                              multimask_output=_MULTIMASK.value)
@@ -127,7 +132,7 @@ def main(argv) -> int:
                 if bad:
                     raise ValueError(f"--negative indices {bad} out of range for {len(boxes)} boxes")
                 labels = np.array([i not in set(_NEG.value) for i in range(len(boxes))])
-            predictor = Sam3ImagePredictor.from_checkpoint(_CKPT.value)
+            predictor = Sam3ImagePredictor.from_checkpoint(_CKPT.value, dtype=_DTYPE.value)
             predictor.set_image(image)
             out = predictor.predict(text=_TEXT.value, boxes=boxes, box_labels=labels, threshold=_THRESHOLD.value)
     except (ValueError, TypeError, FileNotFoundError, OSError) as e:

@@ -123,8 +123,13 @@ class Sam3ImagePredictor:
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def from_checkpoint(cls, ckpt_dir: str) -> "Sam3ImagePredictor":
-        """Loads a directory written by `convert_weights.py` (or a training checkpoint export)."""
+    def from_checkpoint(cls, ckpt_dir: str, dtype: Optional[str] = None) -> "Sam3ImagePredictor":
+        """Loads a directory written by `convert_weights.py` (or a training checkpoint export).
+
+        dtype: the compute dtype, "float32" or "bfloat16" (default: the stored parameters' dtype,
+        so a checkpoint converted with `--dtype bfloat16` runs the bf16 path). In bf16 the model
+        keeps the official autocast's float32 parts (norm statistics, softmax, the decoder FFN,
+        box refinement, presence); the mask logits are upsampled in float32."""
         import ml_collections
 
         from sam3_jax.convert.checkpoint import load_converted, read_manifest
@@ -138,7 +143,11 @@ class Sam3ImagePredictor:
                 "convert the official checkpoint again"
             )
         cfg = ml_collections.ConfigDict(manifest["model_config"])
-        dtype = jnp.dtype(manifest.get("dtype", "float32"))
+        stored = manifest.get("dtype", "float32")
+        if dtype not in (None, "float32", "bfloat16"):
+            raise ValueError(f"dtype must be 'float32' or 'bfloat16', got {dtype!r}")
+        cfg.dtype = dtype or stored
+        dtype = jnp.dtype(stored)
         target = image_model_target_shapes(cfg, dtype=dtype)
         if manifest.get("tracker"):  # converted with the tracker (clicks)
             from sam3_jax.model.tracker.tracker import tracker_target_shapes
@@ -403,5 +412,5 @@ def _as_float_array(value: Any, argname: str) -> np.ndarray:
 
 def _upsample_binarise(mask_logits: jax.Array, size: tuple[int, int]) -> jax.Array:
     """(K, h, w) mask logits -> (K, H, W) bool: torch bilinear to `size`, then sigmoid > 0.5."""
-    up = resize_bilinear(mask_logits[..., None], size)[..., 0]
+    up = resize_bilinear(mask_logits.astype(jnp.float32)[..., None], size)[..., 0]
     return jax.nn.sigmoid(up) > 0.5
