@@ -26,6 +26,24 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURES = os.path.join(REPO, "tests", "fixtures")
 
 
+def official_key_table(prefix="") -> dict:
+    """The released checkpoint's key table (tests/fixtures/sam3_official_keys.tsv) as
+    {key: KeySpec(shape, dtype)}, limited to keys starting with `prefix` (a str or a tuple)."""
+    import numpy as np
+
+    from sam3_jax.convert.convert import KeySpec
+
+    table = {}
+    with open(os.path.join(FIXTURES, "sam3_official_keys.tsv")) as f:
+        for line in f:
+            if line.startswith("#") or not line.strip():
+                continue
+            key, shape, dtype = line.rstrip("\n").split("\t")
+            if key.startswith(prefix):
+                table[key] = KeySpec(tuple(int(d) for d in shape.split("x")) if shape else (), np.dtype(dtype))
+    return table
+
+
 @pytest.fixture(scope="session")
 def repo_root() -> str:
     return REPO

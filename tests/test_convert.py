@@ -1,7 +1,6 @@
 """Converter: full official key table (shape-only), round trips through files, strict rejections."""
 
 import glob
-import os
 import re
 import subprocess
 
@@ -19,21 +18,9 @@ from sam3_jax.convert import (
     convert_image_model,
     load_state_dict,
 )
-from tests.conftest import FIXTURES
+from tests.conftest import official_key_table
 
 TRUNK = "detector.backbone.vision_backbone.trunk"
-
-
-def official_key_table() -> dict[str, KeySpec]:
-    table = {}
-    with open(os.path.join(FIXTURES, "sam3_official_keys.tsv")) as f:
-        for line in f:
-            if line.startswith("#") or not line.strip():
-                continue
-            key, shape, dtype = line.rstrip("\n").split("\t")
-            dims = tuple(int(d) for d in shape.split("x")) if shape else ()
-            table[key] = KeySpec(dims, np.dtype(dtype))
-    return table
 
 
 def test_full_official_key_set_is_accounted_for(full_cfg):

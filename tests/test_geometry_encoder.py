@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import os
 
 import flax.linen as nn
 import jax
@@ -11,12 +10,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sam3_jax.convert.convert import KeySpec, convert
+from sam3_jax.convert.convert import convert
 from sam3_jax.convert.rules_geometry import geometry_encoder_rules
 from sam3_jax.layers.core import count_params
 from sam3_jax.layers.roi_align import grid_sample, roi_align
 from sam3_jax.model.geometry_encoder import GeometryEncoder, geometry_encoder_from_config
-from tests.conftest import FIXTURES, assert_parity
+from tests.conftest import assert_parity, official_key_table
 
 torch = pytest.importorskip("torch")
 torchvision = pytest.importorskip("torchvision")
@@ -261,14 +260,7 @@ def test_full_size_parameter_count_and_axes(full_cfg, tiny_cfg):
 
 
 def test_dry_run_conversion_of_the_official_keys(full_cfg):
-    table = {}
-    with open(os.path.join(FIXTURES, "sam3_official_keys.tsv")) as f:
-        for line in f:
-            if line.startswith("#") or not line.strip():
-                continue
-            key, shape, dtype = line.rstrip("\n").split("\t")
-            if key.startswith("detector.geometry_encoder."):
-                table[key] = KeySpec(tuple(int(s) for s in shape.split("x")), np.dtype(dtype))
+    table = official_key_table("detector.geometry_encoder.")
     assert len(table) == 76
     target = {"geometry_encoder": nn.meta.unbox(_target_shapes(geometry_encoder_from_config(full_cfg), h=72, w=72))}
     params, report = convert(table, target, geometry_encoder_rules(full_cfg), dry_run=True)

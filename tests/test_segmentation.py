@@ -1,6 +1,5 @@
 """Segmentation head: parity with the official UniversalSegmentationHead, conversion, param counts."""
 
-import os
 
 import flax.linen as nn
 import jax
@@ -8,12 +7,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sam3_jax.convert import KeySpec
 from sam3_jax.convert.convert import convert
 from sam3_jax.convert.rules_segmentation import segmentation_rules
 from sam3_jax.layers.core import count_params
 from sam3_jax.model.segmentation import SegmentationHead, segmentation_head_from_config
-from tests.conftest import FIXTURES, assert_parity
+from tests.conftest import assert_parity, official_key_table
 
 PREFIX = "segmentation_head."
 # fp32 stage parity, judged as the parity CLI does: max abs error <= TOL x max(1, max |official|).
@@ -45,25 +43,12 @@ def _boxed_shapes(cfg, grid: int):
     return jax.eval_shape(model.init, jax.random.key(0), *_abstract_inputs(cfg, grid))["params"]
 
 
-def _official_key_table(prefix: str) -> dict:
-    table = {}
-    with open(os.path.join(FIXTURES, "sam3_official_keys.tsv")) as f:
-        for line in f:
-            if line.startswith("#") or not line.strip():
-                continue
-            key, shape, dtype = line.rstrip("\n").split("\t")
-            if key.startswith(prefix):
-                dims = tuple(int(x) for x in shape.split("x")) if shape else ()
-                table[key] = KeySpec(dims, np.dtype(dtype))
-    return table
-
-
 def test_full_size_param_count_and_dry_run_conversion(full_cfg):
     grid = full_cfg.image_size // full_cfg.vit.patch_size
     assert grid == 72
     shapes = nn.meta.unbox(_boxed_shapes(full_cfg, grid))
     assert count_params(shapes) == 2_298_881
-    table = _official_key_table("detector." + PREFIX)
+    table = official_key_table("detector." + PREFIX)
     assert len(table) == 28
     params, report = convert(table, {"segmentation_head": shapes}, segmentation_rules(full_cfg), dry_run=True)
     assert sorted(report.consumed) == sorted(k[len("detector."):] for k in table)

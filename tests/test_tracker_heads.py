@@ -5,7 +5,6 @@ conversion of the released keys; logical axes; input errors."""
 
 from __future__ import annotations
 
-import os
 
 import flax.linen as nn
 import jax
@@ -13,12 +12,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sam3_jax.convert.convert import KeySpec, convert
+from sam3_jax.convert.convert import convert
 from sam3_jax.convert.rules_tracker import sam_heads_rules
 from sam3_jax.layers.core import count_params
 from sam3_jax.model.tracker.mask_decoder import mask_decoder_from_config, select_by_stability
 from sam3_jax.model.tracker.prompt_encoder import prompt_encoder_from_config
-from tests.conftest import FIXTURES, assert_parity
+from tests.conftest import assert_parity, official_key_table
 
 torch = pytest.importorskip("torch")
 
@@ -355,23 +354,11 @@ def test_prompt_encoder_and_decoder_chained(official, params, models, tiny_cfg):
 # Conversion of the released keys, params, axes
 
 
-def _official_key_table() -> dict:
-    table = {}
-    with open(os.path.join(FIXTURES, "sam3_official_keys.tsv")) as f:
-        for line in f:
-            if line.startswith("#") or not line.strip():
-                continue
-            key, shape, dtype = line.rstrip("\n").split("\t")
-            if key.startswith(("tracker.sam_prompt_encoder.", "tracker.sam_mask_decoder.")):
-                table[key] = KeySpec(tuple(int(s) for s in shape.split("x")), np.dtype(dtype))
-    return table
-
-
 def test_full_size_param_counts_and_dry_run_conversion(full_cfg):
     shapes = nn.meta.unbox(_boxed_params(full_cfg))
     assert count_params(shapes["sam_prompt_encoder"]) == FULL_PROMPT_ENCODER_PARAMS
     assert count_params(shapes["sam_mask_decoder"]) == FULL_MASK_DECODER_PARAMS
-    table = _official_key_table()
+    table = official_key_table(("tracker.sam_prompt_encoder.", "tracker.sam_mask_decoder."))
     assert len(table) == 148
     params, report = convert(table, {"tracker": shapes}, sam_heads_rules(full_cfg), dry_run=True, pending_parts={})
     assert sorted(report.consumed) == sorted(table) and not report.recomputed and not report.pending
@@ -383,7 +370,7 @@ def test_full_size_param_counts_and_dry_run_conversion(full_cfg):
 
 def test_rules_with_other_prefixes(full_cfg):
     """The same rules for another source / target prefix (e.g. instance interactivity), or none."""
-    table = {k.replace("tracker.", "inst_interactive_predictor.model.", 1): v for k, v in _official_key_table().items()}
+    table = {k.replace("tracker.", "inst_interactive_predictor.model.", 1): v for k, v in official_key_table(("tracker.sam_prompt_encoder.", "tracker.sam_mask_decoder.")).items()}
     shapes = nn.meta.unbox(_boxed_params(full_cfg))
     rules = sam_heads_rules(full_cfg, src_prefix="inst_interactive_predictor.model", dst_prefix="")
     params, report = convert(table, shapes, rules, dry_run=True, pending_parts={})

@@ -7,7 +7,6 @@ released keys; logical axes; input errors."""
 from __future__ import annotations
 
 import copy
-import os
 
 import flax.linen as nn
 import jax
@@ -19,7 +18,7 @@ from sam3_jax.convert.convert import KeySpec, ShapeMismatchError, convert
 from sam3_jax.convert.rules_tracker_attention import memory_attention_rules
 from sam3_jax.layers.core import count_params
 from sam3_jax.model.tracker.memory_attention import memory_attention_from_config, tracker_rope_tables
-from tests.conftest import FIXTURES, assert_parity
+from tests.conftest import assert_parity, official_key_table
 
 torch = pytest.importorskip("torch")
 
@@ -202,18 +201,6 @@ def test_remat_gives_the_same_output(tiny_cfg):
 # Conversion of the released keys, params, axes
 
 
-def _official_key_table() -> dict:
-    table = {}
-    with open(os.path.join(FIXTURES, "sam3_official_keys.tsv")) as f:
-        for line in f:
-            if line.startswith("#") or not line.strip():
-                continue
-            key, shape, dtype = line.rstrip("\n").split("\t")
-            if key.startswith(PREFIX):
-                table[key] = KeySpec(tuple(int(s) for s in shape.split("x")), np.dtype(dtype))
-    return table
-
-
 def _full_target(full_cfg) -> dict:
     return {"tracker": {"transformer": {"encoder": nn.meta.unbox(_boxed_params(full_cfg))}}}
 
@@ -223,7 +210,7 @@ def test_full_size_param_count_and_dry_run_conversion(full_cfg):
     shapes = target["tracker"]["transformer"]["encoder"]
     assert count_params(shapes) == FULL_PARAMS
     assert shapes["layers"]["cross_attn_image"]["key"]["kernel"].shape == (4, full_cfg.tracker.mem_dim, 1, 256)
-    table = _official_key_table()
+    table = official_key_table(PREFIX)
     assert len(table) == FULL_NUM_KEYS
     params, report = convert(table, target, memory_attention_rules(full_cfg), dry_run=True, pending_parts={})
     assert sorted(report.consumed) == sorted(table) and not report.recomputed and not report.pending
@@ -232,7 +219,7 @@ def test_full_size_param_count_and_dry_run_conversion(full_cfg):
 
 
 def test_wrong_shaped_key_is_named(full_cfg):
-    table = _official_key_table()
+    table = official_key_table(PREFIX)
     key = PREFIX + "layers.2.cross_attn_image.k_proj.weight"
     table[key] = KeySpec((256, 256), np.dtype("float32"))
     with pytest.raises(ShapeMismatchError, match=rf"key {key.replace('.', '[.]')}: expected shape \(256, 64\), "

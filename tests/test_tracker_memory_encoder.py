@@ -8,7 +8,6 @@ mem_dim == d_model; conversion of the released keys; logical axes; input errors.
 from __future__ import annotations
 
 import copy
-import os
 
 import flax.linen as nn
 import jax
@@ -20,7 +19,7 @@ from sam3_jax.convert.convert import KeySpec, ShapeMismatchError, convert
 from sam3_jax.convert.rules_tracker_memory import memory_encoder_rules
 from sam3_jax.layers.core import count_params
 from sam3_jax.model.tracker.memory_encoder import memory_encoder_from_config
-from tests.conftest import FIXTURES, assert_parity
+from tests.conftest import assert_parity, official_key_table
 
 torch = pytest.importorskip("torch")
 
@@ -172,22 +171,10 @@ def test_identity_out_proj_when_mem_dim_equals_width(tiny_cfg):
 # Conversion of the released keys, params, axes
 
 
-def _official_key_table(prefix: str = PREFIX) -> dict:
-    table = {}
-    with open(os.path.join(FIXTURES, "sam3_official_keys.tsv")) as f:
-        for line in f:
-            if line.startswith("#") or not line.strip():
-                continue
-            key, shape, dtype = line.rstrip("\n").split("\t")
-            if key.startswith(prefix):
-                table[key] = KeySpec(tuple(int(s) for s in shape.split("x")), np.dtype(dtype))
-    return table
-
-
 def test_full_size_param_count_and_dry_run_conversion(full_cfg):
     shapes = nn.meta.unbox(_boxed_params(full_cfg))
     assert count_params(shapes) == FULL_MEMORY_ENCODER_PARAMS
-    table = _official_key_table()
+    table = official_key_table(PREFIX)
     assert len(table) == FULL_NUM_KEYS
     target = {"tracker": {"maskmem_backbone": shapes}}
     params, report = convert(table, target, memory_encoder_rules(full_cfg), dry_run=True, pending_parts={})
@@ -199,7 +186,7 @@ def test_full_size_param_count_and_dry_run_conversion(full_cfg):
 
 def test_rules_with_other_prefixes(full_cfg):
     """The same rules for the instance-interactivity copy of the tracker, into a root-level tree."""
-    table = {k.replace("tracker.", "inst_interactive_predictor.model.", 1): v for k, v in _official_key_table().items()}
+    table = {k.replace("tracker.", "inst_interactive_predictor.model.", 1): v for k, v in official_key_table(PREFIX).items()}
     shapes = nn.meta.unbox(_boxed_params(full_cfg))
     rules = memory_encoder_rules(full_cfg, src="inst_interactive_predictor.model.maskmem_backbone", dst="")
     params, report = convert(table, shapes, rules, dry_run=True, pending_parts={})
@@ -209,7 +196,7 @@ def test_rules_with_other_prefixes(full_cfg):
 
 def test_wrong_shaped_key_is_named(full_cfg):
     """A dense 7x7 conv where the depthwise one belongs: the error names the key and both shapes."""
-    table = _official_key_table()
+    table = official_key_table(PREFIX)
     key = PREFIX + "fuser.layers.1.dwconv.weight"
     table[key] = KeySpec((256, 256, 7, 7), np.dtype("float32"))
     target = {"tracker": {"maskmem_backbone": nn.meta.unbox(_boxed_params(full_cfg))}}

@@ -6,7 +6,6 @@ padding; the official frame selection; the full-size key set; init and bad input
 
 from __future__ import annotations
 
-import os
 
 import flax.linen as nn
 import jax
@@ -14,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sam3_jax.convert.convert import KeySpec, convert
+from sam3_jax.convert.convert import convert
 from sam3_jax.convert.rules_tracker import tracker_rules
 from sam3_jax.layers.core import count_params
 from sam3_jax.model.tracker.tracker import (
@@ -25,7 +24,7 @@ from sam3_jax.model.tracker.tracker import (
     tracker_target_shapes,
 )
 from sam3_jax.parity import tracker as PT
-from tests.conftest import FIXTURES, assert_parity
+from tests.conftest import assert_parity, official_key_table
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("sam3")
@@ -197,14 +196,7 @@ def test_frame_selection():
 
 
 def test_full_size_key_set_converts(full_cfg):
-    table = {}
-    with open(os.path.join(FIXTURES, "sam3_official_keys.tsv")) as f:
-        for line in f:
-            if line.startswith("#") or not line.strip():
-                continue
-            key, shape, dtype = line.rstrip("\n").split("\t")
-            if key.startswith("tracker."):
-                table[key] = KeySpec(tuple(int(s) for s in shape.split("x")), np.dtype(dtype))
+    table = official_key_table("tracker.")
     assert len(table) == FULL_TRACKER_KEYS
     shapes = tracker_target_shapes(full_cfg)
     assert count_params(shapes) == FULL_TRACKER_PARAMS

@@ -28,7 +28,7 @@ from sam3_jax.model.decoder import decoder_from_config  # noqa: E402
 from sam3_jax.model.encoder import fusion_encoder_from_config  # noqa: E402
 from sam3_jax.model.scoring import dot_product_scoring_from_config  # noqa: E402
 from sam3_jax.parity.run import compare  # noqa: E402
-from tests.conftest import assert_parity  # noqa: E402
+from tests.conftest import assert_parity, official_key_table  # noqa: E402
 
 TOL = 1e-5
 PROMPT_LEN = 12
@@ -325,20 +325,11 @@ def test_every_param_has_logical_axes(tiny_cfg):
             assert isinstance(leaf, nn.LogicallyPartitioned) and len(leaf.names) == leaf.value.ndim, leaf
 
 
-def test_dry_run_conversion_of_official_keys(full_cfg, repo_root):
-    import os
-
-    from sam3_jax.convert.convert import KeySpec, convert
+def test_dry_run_conversion_of_official_keys(full_cfg):
+    from sam3_jax.convert.convert import convert
     from sam3_jax.convert.rules_transformer import transformer_rules
 
-    state = {}
-    with open(os.path.join(repo_root, "tests", "fixtures", "sam3_official_keys.tsv")) as f:
-        for line in f:
-            if line.startswith("#") or not line.strip():
-                continue
-            key, shape, dtype = line.rstrip("\n").split("\t")
-            if key.startswith(("detector.transformer.", "detector.dot_prod_scoring.")):
-                state[key] = KeySpec(tuple(int(s) for s in shape.split("x")), np.dtype(dtype))
+    state = official_key_table(("detector.transformer.", "detector.dot_prod_scoring."))
     counts = {p: sum(k.startswith(f"detector.{p}.") for k in state) for p in (
         "transformer.encoder", "transformer.decoder", "dot_prod_scoring")}
     assert counts == {"transformer.encoder": 108, "transformer.decoder": 175, "dot_prod_scoring": 10}
