@@ -114,6 +114,18 @@ def test_predict_batch_equals_single_prompts(predictor):
         np.testing.assert_allclose(b["scores"], single["scores"], atol=1e-6)
         np.testing.assert_allclose(b["boxes"], single["boxes"], atol=1e-4)
         assert np.mean(b["masks"] != single["masks"]) < 1e-4
+    # Two prompts per compiled call: the last chunk is padded (one compiled shape for both calls).
+    from sam3_jax import Sam3ImagePredictor
+
+    chunked = Sam3ImagePredictor(predictor.params, predictor.config, prompt_chunk=2)
+    chunked.set_image(predictor._image)
+    for b, c in zip(batch, chunked.predict_batch(texts=texts, threshold=0.0)):
+        np.testing.assert_allclose(c["scores"], b["scores"], atol=1e-6)
+        np.testing.assert_allclose(c["boxes"], b["boxes"], atol=1e-4)
+        assert np.mean(c["masks"] != b["masks"]) < 1e-4
+    assert chunked._ground._cache_size() == 1
+    with pytest.raises(ValueError, match="prompt_chunk must be a positive int"):
+        Sam3ImagePredictor(predictor.params, predictor.config, prompt_chunk=0)
 
 
 def test_compiled_functions_are_reused(predictor):
