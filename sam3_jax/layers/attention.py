@@ -85,7 +85,7 @@ def blocked_attention(
     is_causal: bool = False,
     block_q: Optional[int] = None,
 ) -> jax.Array:
-    """Exact attention as a loop over heads and query blocks (jax.nn.dot_product_attention's math).
+    """Exact attention as a loop over batch rows, heads and query blocks (jax.nn's math).
 
     Each step computes one batch row's and head's logits for a block of queries against every key,
     (block, Tk) in fp32, so the working set stays in cache instead of XLA:CPU's whole (B, N, Tq, Tk)

@@ -229,10 +229,10 @@ class Sam3ImagePredictor:
         return cxcywh, lab, mask
 
     def _run(self, texts: Sequence[str], boxes, box_labels, threshold: float) -> list[dict[str, np.ndarray]]:
-        """Scores and boxes of every query for each prompt (one jitted call), then masks for just the
-        kept queries of the prompts that kept any (one jitted call per such prompt; no mask work
-        at all when nothing passes the threshold). Kept counts are padded to a power of two so the
-        mask function compiles once per bucket."""
+        """Scores and boxes of every query for each prompt (one compiled call per `prompt_chunk`
+        prompts), then masks for just the kept queries of the prompts that kept any (one compiled
+        call per such prompt; no mask work at all when nothing passes the threshold). Kept counts
+        are padded to a power of two so the mask function compiles once per bucket."""
         self._require_image()
         tokens = self._tokens(texts)
         cxcywh, lab, mask = self._boxes(boxes, box_labels)
