@@ -28,13 +28,6 @@ import numpy as np
 TEXTS = ["a person", "a helmet", "a flag", "the sky"]
 
 
-def cast_params(params, dtype):
-    import jax
-    import jax.numpy as jnp
-
-    return jax.tree_util.tree_map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, params)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", default="tiny", choices=["tiny", "full"])
@@ -47,6 +40,7 @@ def main() -> None:
     import jax.numpy as jnp
     import skimage.data
 
+    from bench_infer import cast_params
     from sam3_jax.config import model_config
     from sam3_jax.convert import convert_image_model
     from sam3_jax.parity import oracle

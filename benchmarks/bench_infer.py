@@ -139,18 +139,23 @@ def official_cases(model, cfg, photo, threshold: float) -> dict:
     return {"a": full, "b": one_more, "c": sixteen}
 
 
+def cast_params(params, dtype):
+    """Floating-point leaves of `params` cast to `dtype` (the stored params of a bf16 checkpoint)."""
+    import jax.numpy as jnp
+
+    return jax.tree_util.tree_map(
+        lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, params)
+
+
 def ours_cases(params, cfg, photo, threshold: float, dtype: str = "float32") -> dict:
     """The three cases as callables on `Sam3ImagePredictor` (each returns the kept counts). bfloat16:
     params cast to bf16 and `model.dtype=bfloat16` (the path of `convert_weights.py --dtype bfloat16`)."""
-    import jax.numpy as jnp
-
     from sam3_jax.predict.predictor import Sam3ImagePredictor
 
     if dtype != "float32":
         cfg = cfg.copy_and_resolve_references()
         cfg.dtype = dtype
-        params = jax.tree_util.tree_map(
-            lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, params)
+        params = cast_params(params, dtype)
     pred = Sam3ImagePredictor(params, cfg)
 
     def full():
