@@ -147,16 +147,28 @@ def cast_params(params, dtype):
         lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, params)
 
 
-def ours_cases(params, cfg, photo, threshold: float, dtype: str = "float32") -> dict:
-    """The three cases as callables on `Sam3ImagePredictor` (each returns the kept counts). bfloat16:
-    params cast to bf16 and `model.dtype=bfloat16` (the path of `convert_weights.py --dtype bfloat16`)."""
+def ours_cases(params, cfg, photo, threshold: float, dtype: str = "float32",
+               attention: str | None = None) -> dict:
+    """The three cases as callables on `Sam3ImagePredictor` (each returns the kept counts), and
+    "d": the compiled image encoder + one prompt's grounding alone, on inputs already on the device
+    (no host pre-processing, no transfers, no masks). bfloat16: params cast to bf16 and
+    `model.dtype=bfloat16` (the path of `convert_weights.py --dtype bfloat16`). attention: the
+    config's `attention_impl` (None = the automatic choice)."""
+    import jax.numpy as jnp
+    import numpy as np
+
+    from sam3_jax.formats.image import preprocess
     from sam3_jax.predict.predictor import Sam3ImagePredictor
 
+    cfg = cfg.copy_and_resolve_references()
+    cfg.attention_impl = attention
     if dtype != "float32":
-        cfg = cfg.copy_and_resolve_references()
         cfg.dtype = dtype
         params = cast_params(params, dtype)
     pred = Sam3ImagePredictor(params, cfg)
+    image = jax.device_put(jnp.asarray(preprocess(photo, pred.resolution)[None]))
+    no_boxes = (np.zeros((1, 0, 4), np.float32), np.zeros((1, 0), np.int32), np.ones((1, 0), bool))
+    prompt = [jax.device_put(jnp.asarray(a)) for a in (pred._tokens([TEXT]), *no_boxes)]
 
     def full():
         pred.set_image(photo)
@@ -168,11 +180,16 @@ def ours_cases(params, cfg, photo, threshold: float, dtype: str = "float32") -> 
     def sixteen():
         return [len(o["scores"]) for o in pred.predict_batch(texts=TEXTS16, threshold=threshold)]
 
-    return {"a": full, "b": one_more, "c": sixteen}
+    def forward():
+        image_out, _ = pred._encode_image(pred._detector_params, None, image)
+        det = pred._ground(pred._detector_params, image_out, *prompt)
+        return int(jnp.sum(jax.block_until_ready(det["scores"]) > threshold))
+
+    return {"a": full, "b": one_more, "c": sixteen, "d": forward}
 
 
 CASES = {"a": "(a) set_image + 1 text prompt", "b": "(b) +1 text prompt, cached image",
-         "c": "(c) 16 text prompts, one image"}
+         "c": "(c) 16 text prompts, one image", "d": "(d) encoder + 1 prompt, on device"}
 
 
 def main() -> None:
@@ -184,6 +201,10 @@ def main() -> None:
     ap.add_argument("--threshold", type=float, default=0.5, help="confidence threshold of both sides")
     ap.add_argument("--seed", type=int, default=0, help="seed of the random weights")
     ap.add_argument("--no_official", action="store_true", help="time sam3_jax alone")
+    ap.add_argument("--attention", default=None, choices=["xla", "cudnn", "blocked"],
+                    help="sam3_jax's attention kernel (default: the automatic choice)")
+    ap.add_argument("--profile", default=None, metavar="DIR",
+                    help="after the timed calls, trace one call of (a) and of (d) into DIR and print the top ops")
     ap.add_argument("--json", default=None, metavar="PATH", help="also write the figures as JSON")
     args = ap.parse_args()
     if args.repeats < 1:
@@ -203,13 +224,15 @@ def main() -> None:
         "cpu": cpu_name(), "cpu_isa": cpu_isa(), "cpu_count": os.cpu_count(),
         "jax": jax.__version__, "jax_backend": jax.default_backend(),
         "jax_device": getattr(dev, "device_kind", dev.platform), "matmul_precision": "default",
+        "attention": args.attention or "automatic",
     }
     if with_official:
         import torch
 
         torch.set_num_threads(os.cpu_count())
         info.update(torch=torch.__version__, torch_threads=torch.get_num_threads())
-    print(f"{info['date']}  config {args.config} ({cfg.image_size} px), {args.dtype}, {args.repeats} repeats")
+    print(f"{info['date']}  config {args.config} ({cfg.image_size} px), {args.dtype}, {args.repeats} repeats, "
+          f"attention {info['attention']}")
     print(f"CPU {info['cpu']}, {info['cpu_count']} cores, {info['cpu_isa']}")
     xla = f", XLA pool over all {os.cpu_count()} cores" if info["jax_backend"] == "cpu" else ""
     print(f"jax {jax.__version__} on {info['jax_backend']} ({info['jax_device']}{xla}), default matmul precision; "
@@ -227,23 +250,23 @@ def main() -> None:
     # of both sides in alternation, so that both see the same machine state.
     off = official_cases(model, cfg, photo, args.threshold) if with_official else None
     if off:
-        for k in CASES:
+        for k in off:
             off[k]()  # warm-up
         mem["official"] = peak_rss_mib()
-    jx = ours_cases(params, cfg, photo, args.threshold, args.dtype)
+    jx = ours_cases(params, cfg, photo, args.threshold, args.dtype, args.attention)
     first = {k: timed(jx[k])[0] for k in CASES}  # compile + run
     mem["sam3_jax"] = peak_rss_mib()
     ours, official = {}, ({} if off else None)
     for k in CASES:
         t_ours, t_off = [], []
         for _ in range(args.repeats):
-            if off:
+            if off and k in off:
                 t_off.append(timed(off[k]))
             t_ours.append(timed(jx[k]))
         steady = statistics.median(t for t, _ in t_ours)
         ours[k] = {"first": first[k], "seconds": steady, "compile": max(0.0, first[k] - steady),
                    "kept": t_ours[-1][1]}
-        if off:
+        if t_off:
             official[k] = {"seconds": statistics.median(t for t, _ in t_off), "kept": t_off[-1][1]}
 
     print()
@@ -260,7 +283,7 @@ def main() -> None:
         case = {"name": name, "sam3_jax_first_s": o["first"], "sam3_jax_steady_s": o["seconds"],
                 "sam3_jax_compile_s": o["compile"], "sam3_jax_kept": o["kept"]}
         kept = str(sum(o["kept"])) if k == "c" else str(o["kept"])
-        if official:
+        if k in (official or {}):
             r = official[k]
             ratio = o["seconds"] / r["seconds"]
             line += f" {r['seconds']:7.3f} s {ratio:11.2f}x"
@@ -270,6 +293,16 @@ def main() -> None:
         cases[k] = case
     print("\npeak host RSS of the process (ru_maxrss, cumulative): "
           + ", ".join(f"after {k} {v:,.0f} MiB" for k, v in mem.items()))
+    if args.profile:
+        from profile_infer import op_kinds
+
+        for k in ("a", "d"):
+            d = os.path.join(args.profile, k)
+            with jax.profiler.trace(d):
+                jx[k]()
+            print(f"\ntop ops of one call of {CASES[k]} (summed kernel time, jax.profiler trace in {d}):")
+            for kind, ms, n in op_kinds(d, 12):
+                print(f"  {ms:10.2f} ms  x{n:<6d} {kind}")
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as f:

@@ -8,6 +8,7 @@ from the synthetic source, resized to the model's resolution, for each requested
     python benchmarks/bench_train.py                                   # tiny (224 px) and full (1008 px)
     python benchmarks/bench_train.py --configs tiny --batch 8 --steps 20
     python benchmarks/bench_train.py --configs full --dtype bfloat16 --remat full --attention cudnn
+    python benchmarks/bench_train.py --configs tiny --profile /tmp/train_trace   # + top ops of one step
 
 Prints compile seconds, the median step time over `--steps` timed steps (after 2 warm-up steps),
 examples per second, the model FLOPs of one step and, where a GPU is present, the MFU against the
@@ -130,12 +131,12 @@ def build(variant: str, batch: int, dtype: str, remat: str, attention: str | Non
     gbatch = {k: jax.device_put(v, b_sh[k]) for k, v in host.items()}
     n_params = sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(params))
     counting = cfg.model.copy_and_resolve_references()  # (the step's model keeps its own config)
-    counting.attention_impl = None  # count FLOPs on the XLA attention path (a fused kernel is opaque)
+    counting.attention_impl = "xla"  # count FLOPs on the XLA attention path (a fused kernel is opaque)
     flops = 3.0 * forward_flops(Sam3Image(counting), params, host, counting)
     return step, state, gbatch, n_params, flops
 
 
-def bench(variant, batch, steps, dtype, remat, attention, loss_masks=True):
+def bench(variant, batch, steps, dtype, remat, attention, loss_masks=True, profile=None, top=15):
     step, state, gbatch, n_params, flops = build(variant, batch, dtype, remat, attention, loss_masks)
     t0 = time.perf_counter()
     step.lower(state, gbatch).compile()
@@ -156,6 +157,20 @@ def bench(variant, batch, steps, dtype, remat, attention, loss_masks=True):
     if peak:
         line += f"  {flops / dt / 1e12:7.1f} TFLOP/s  MFU {100 * flops / dt / (peak * n_dev):5.1f} %"
     print(line, flush=True)
+    if profile:
+        import os
+
+        from profile_infer import op_kinds
+
+        d = os.path.join(profile, f"{variant}_{dtype}_{remat}_{attention or 'xla'}_b{batch}")
+        with jax.profiler.trace(d):
+            state, metrics = step(state, gbatch)
+            jax.block_until_ready(metrics["loss"])
+        ops = op_kinds(d, top)
+        total = sum(ms for _, ms, _ in op_kinds(d, 10_000))
+        print(f"  top ops of one step (summed kernel time {total:.1f} ms; trace in {d}):")
+        for kind, ms, n in ops:
+            print(f"    {ms:9.2f} ms {100 * ms / total:5.1f} %  x{n:<5d} {kind}")
     return dt
 
 
@@ -168,6 +183,7 @@ def main():
     ap.add_argument("--remat", default=None, help="none|full|dots (default: tiny none, full full)")
     ap.add_argument("--attention", default=None, help="None = XLA, or 'cudnn' on a GPU")
     ap.add_argument("--matmul_precision", default="default")
+    ap.add_argument("--profile", default=None, metavar="DIR", help="trace one more step into DIR, print the top ops")
     args = ap.parse_args()
     jax.config.update("jax_default_matmul_precision", args.matmul_precision)
     dev = jax.devices()[0]
@@ -176,7 +192,7 @@ def main():
     for variant in args.configs.split(","):
         batch = args.batch or (8 if variant == "tiny" else jax.device_count())
         remat = args.remat or ("none" if variant == "tiny" else "full")
-        bench(variant, batch, args.steps, args.dtype, remat, args.attention)
+        bench(variant, batch, args.steps, args.dtype, remat, args.attention, profile=args.profile)
 
 
 if __name__ == "__main__":

@@ -31,16 +31,30 @@ RUNTIME = re.compile(r"^(\$|PjitFunction|ParseArguments|DevicePut|CommonPjRt|Han
 
 
 def op_kinds(trace_dir: str, top: int) -> list[tuple[str, float, int]]:
-    """(op kind, summed ms, count) of the executed XLA ops in the newest trace under trace_dir."""
+    """(op kind, summed ms, count) of the executed XLA ops in the newest trace under trace_dir (on a
+    GPU / TPU: the kernels on the device's rows of the trace only)."""
     files = sorted(glob.glob(os.path.join(trace_dir, "**", "*.trace.json.gz"), recursive=True), key=os.path.getmtime)
     if not files:
         raise FileNotFoundError(f"no *.trace.json.gz under {trace_dir}")
     with gzip.open(files[-1]) as f:
         events = json.load(f)["traceEvents"]
+    # On an accelerator keep only the device's own rows (its kernels); on the CPU every row is the host.
+    procs = {e["pid"]: e["args"].get("name", "") for e in events
+             if e.get("ph") == "M" and e.get("name") == "process_name" and "args" in e}
+    device = {pid for pid, name in procs.items() if re.search(r"/device:(GPU|TPU)", name)}
+    rows = None  # (pid, tid) rows counted; None = every row
+    if device:
+        threads = {(e["pid"], e["tid"]): e["args"].get("name", "") for e in events
+                   if e.get("ph") == "M" and e.get("name") == "thread_name" and e.get("pid") in device}
+        # One row per op: the "XLA Ops" row where the trace has one, else the kernel streams.
+        ops = {r for r, n in threads.items() if n == "XLA Ops"}
+        rows = ops or {r for r, n in threads.items() if not re.match(r"XLA Modules|Steps|Source|.*Framework", n)}
     total, count = collections.Counter(), collections.Counter()
     for e in events:
         name = e.get("name", "")
         if e.get("ph") != "X" or "dur" not in e or RUNTIME.match(name):
+            continue
+        if rows is not None and (e.get("pid"), e.get("tid")) not in rows:
             continue
         kind = re.sub(r"(\.(\d+|clone))+$", "", name)
         total[kind] += e["dur"] / 1e3

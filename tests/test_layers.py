@@ -396,6 +396,31 @@ def test_blocked_attention_is_the_cpu_default_for_long_sequences():
         attention.blocked_attention(*(jnp.zeros((1, 4, 2, 8)),) * 3, mask=jnp.ones((3, 1, 4, 4), bool))
 
 
+def test_automatic_attention_choice(monkeypatch):
+    """implementation=None: blocked for long sequences on the CPU; cuDNN for bf16 / fp16 with a
+    head dim it takes on an Ampere+ GPU (faked here: only the choice is tested); XLA otherwise."""
+    from sam3_jax.layers import attention
+
+    auto = attention.automatic_implementation
+    long, short = (1, 5184, 8, 32), (2, 256, 8, 32)
+    if jax.default_backend() == "cpu":
+        assert auto(long, long, jnp.float32) == "blocked"
+        assert auto(short, short, jnp.bfloat16) == "xla"
+
+    class FakeGpu:
+        compute_capability = "9.0"
+
+    monkeypatch.setattr(attention.jax, "default_backend", lambda: "gpu")
+    monkeypatch.setattr(attention.jax, "devices", lambda *a: [FakeGpu()])
+    assert auto(long, long, jnp.bfloat16) == "cudnn"
+    assert auto(short, short, jnp.float16) == "cudnn"
+    assert auto(short, short, jnp.float32) == "xla"  # no fp32 cuDNN kernel
+    assert auto((2, 256, 4, 256), (2, 256, 4, 256), jnp.bfloat16) == "xla"  # head dim above 128
+    assert auto((2, 256, 4, 36), (2, 256, 4, 36), jnp.bfloat16) == "xla"  # not a multiple of 8
+    FakeGpu.compute_capability = "7.5"
+    assert auto(short, short, jnp.bfloat16) == "xla"  # pre-Ampere
+
+
 # ---------------------------------------------------------------------------------------------
 # 9. MultiHeadAttention vs torch nn.MultiheadAttention (TORCH_MHA layout)
 # ---------------------------------------------------------------------------------------------

@@ -32,12 +32,12 @@ def dot_product_attention(
     """Scaled dot-product attention, q/k/v (B, T, N, H), default scale 1/sqrt(H).
 
     mask: boolean, True = attend, broadcastable to (B, N, Tq, Tk). bias: additive, same shape.
-    implementation: None picks `"blocked"` for long sequences on the CPU backend (see
-    `use_blocked`) and XLA's reference otherwise; "xla", "cudnn" (jax.nn's kernels) or "blocked"
-    force one.
+    implementation: None picks one (see `automatic_implementation`: blocked for long sequences
+    on the CPU, cuDNN's fused kernel for bf16 / fp16 on an Ampere or newer GPU, XLA's reference
+    otherwise); "xla", "cudnn" (jax.nn's kernels) or "blocked" force one.
     """
     if implementation is None:
-        implementation = "blocked" if use_blocked(q.shape, k.shape) else "xla"
+        implementation = automatic_implementation(q.shape, k.shape, q.dtype)
     if implementation == "blocked":
         return blocked_attention(q, k, v, bias=bias, mask=mask, is_causal=is_causal)
     if implementation == "cudnn":  # cuDNN wants bias / mask with both sequence lengths spelled out
@@ -58,6 +58,20 @@ def use_blocked(q_shape: tuple[int, ...], k_shape: tuple[int, ...]) -> bool:
     would be large (XLA:CPU materialises them and runs 3-6x slower than a blocked loop there)."""
     b, tq, n, _ = q_shape
     return jax.default_backend() == "cpu" and b * n * tq * k_shape[1] >= BLOCKED_MIN_LOGITS
+
+
+def automatic_implementation(q_shape: tuple[int, ...], k_shape: tuple[int, ...], dtype) -> str:
+    """The kernel `implementation=None` runs: "blocked" where `use_blocked` says so (CPU, long
+    sequences); "cudnn" on a GPU of compute capability 8.0+ for bf16 / fp16 with a head dim the
+    fused kernel takes (a multiple of 8, at most 128; fp32 has no cuDNN kernel); else "xla"."""
+    if use_blocked(q_shape, k_shape):
+        return "blocked"
+    if jax.default_backend() == "gpu" and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16):
+        h = q_shape[-1]
+        cc = getattr(jax.devices()[0], "compute_capability", "0")
+        if h % 8 == 0 and h <= 128 and float(cc) >= 8.0:
+            return "cudnn"
+    return "xla"
 
 
 def _to_4d(x: Optional[jax.Array], b: int, n: int, tq: int, tk: int, name: str) -> Optional[jax.Array]:
