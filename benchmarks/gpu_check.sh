@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU checks of issue 17 as one prepared script (run on a GPU machine from the repository root):
-#   bash benchmarks/gpu_check.sh infer   # cuDNN tests, full-size bf16 inference (cuDNN and XLA attention)
-#   bash benchmarks/gpu_check.sh train   # full-size bf16 train step: MFU per remat policy, top ops
+#   bash benchmarks/gpu_check.sh infer   # full-size bf16 inference (automatic = cuDNN, and XLA attention)
+#   bash benchmarks/gpu_check.sh train [REMAT:BATCH ...]   # full-size bf16 train step: MFU, top ops; then
+#                                                          # the GPU-only tests
 # Python packages the GPU image lacks travel as wheels in .whl/ (see README, "GPU figures").
 # Logs go to $OUT (or ./gpu_out) as they are made.
 set -uo pipefail
@@ -18,7 +19,6 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | 
 python3 -c "import jax, jaxlib; print('jax', jax.__version__, jax.devices())" | tee -a "$OUT/gpu.txt"
 case "${1:-infer}" in
   infer)
-    timeout 150 python3 -m pytest -q -p no:cacheprovider -n 0 tests/test_gpu.py 2>&1 | tail -15 | tee "$OUT/test_gpu.log"
     timeout 200 python3 benchmarks/bench_infer.py --config full --dtype bfloat16 --no_official --repeats 10 \
       --profile /tmp/prof_infer --json "$OUT/infer_bf16.json" 2>&1 | tee "$OUT/infer_bf16.log"
     timeout 150 python3 benchmarks/bench_infer.py --config full --dtype bfloat16 --no_official --repeats 10 \
@@ -28,8 +28,9 @@ case "${1:-infer}" in
     shift
     for spec in ${@:-dots:8 none:4}; do
       remat=${spec%%:*}; batch=${spec##*:}
-      timeout 240 python3 benchmarks/bench_train.py --configs full --dtype bfloat16 --attention cudnn \
+      timeout 200 python3 benchmarks/bench_train.py --configs full --dtype bfloat16 \
         --remat "$remat" --batch "$batch" --steps 5 --profile /tmp/prof_train 2>&1 | tee "$OUT/train_${remat}_b${batch}.log"
     done
+    timeout 150 python3 -m pytest -q -p no:cacheprovider -n 0 tests/test_gpu.py 2>&1 | tail -15 | tee "$OUT/test_gpu.log"
     ;;
 esac

@@ -37,7 +37,7 @@ def dot_product_attention(
     otherwise); "xla", "cudnn" (jax.nn's kernels) or "blocked" force one.
     """
     if implementation is None:
-        implementation = automatic_implementation(q.shape, k.shape, q.dtype)
+        implementation = automatic_implementation(q.shape, k.shape, q.dtype, bias is not None or mask is not None)
     if implementation == "blocked":
         return blocked_attention(q, k, v, bias=bias, mask=mask, is_causal=is_causal)
     if implementation == "cudnn":  # cuDNN wants bias / mask with both sequence lengths spelled out
@@ -60,16 +60,18 @@ def use_blocked(q_shape: tuple[int, ...], k_shape: tuple[int, ...]) -> bool:
     return jax.default_backend() == "cpu" and b * n * tq * k_shape[1] >= BLOCKED_MIN_LOGITS
 
 
-def automatic_implementation(q_shape: tuple[int, ...], k_shape: tuple[int, ...], dtype) -> str:
+def automatic_implementation(q_shape: tuple[int, ...], k_shape: tuple[int, ...], dtype,
+                             masked: bool = False) -> str:
     """The kernel `implementation=None` runs: "blocked" where `use_blocked` says so (CPU, long
-    sequences); "cudnn" on a GPU of compute capability 8.0+ for bf16 / fp16 with a head dim the
-    fused kernel takes (a multiple of 8, at most 128; fp32 has no cuDNN kernel); else "xla"."""
+    sequences); "cudnn" on a GPU of compute capability 8.0+ for bf16 / fp16 where the fused kernel
+    takes the call forward and backward (head dim a multiple of 8, at most 128; with a bias or
+    mask, both sequence lengths even; fp32 has no cuDNN kernel); else "xla"."""
     if use_blocked(q_shape, k_shape):
         return "blocked"
     if jax.default_backend() == "gpu" and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16):
-        h = q_shape[-1]
+        h, tq, tk = q_shape[-1], q_shape[1], k_shape[1]
         cc = getattr(jax.devices()[0], "compute_capability", "0")
-        if h % 8 == 0 and h <= 128 and float(cc) >= 8.0:
+        if h % 8 == 0 and h <= 128 and float(cc) >= 8.0 and not (masked and (tq % 2 or tk % 2)):
             return "cudnn"
     return "xla"
 
