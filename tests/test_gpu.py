@@ -38,9 +38,9 @@ def test_cudnn_is_the_bf16_default():
 
 
 def test_train_step_with_automatic_attention():
-    """Gradients of the tiny detector in bf16 compile with the automatic choice (cuDNN's backward
-    rejects a bias / mask on odd sequence lengths, e.g. 5 geometry tokens or 201 decoder queries,
-    so those stay on XLA) and are finite."""
+    """Gradients of the tiny detector in bf16 compile with the automatic choice (jax's cuDNN
+    backward rejects odd sequence lengths, e.g. 5 geometry tokens or 201 decoder queries, so those
+    stay on XLA) and are finite. (Seen failing on an H200 with jax 0.11.2 before that rule.)"""
     import flax.linen as nn
 
     from sam3_jax.config import model_config

@@ -417,11 +417,10 @@ def test_automatic_attention_choice(monkeypatch):
     assert auto(short, short, jnp.float32) == "xla"  # no fp32 cuDNN kernel
     assert auto((2, 256, 4, 256), (2, 256, 4, 256), jnp.bfloat16) == "xla"  # head dim above 128
     assert auto((2, 256, 4, 36), (2, 256, 4, 36), jnp.bfloat16) == "xla"  # not a multiple of 8
-    assert auto((2, 201, 4, 32), (2, 5184, 4, 32), jnp.bfloat16) == "cudnn"  # odd length, no bias / mask
-    # cuDNN's backward takes a bias / mask only with even sequence lengths
-    assert auto((2, 201, 4, 32), (2, 5184, 4, 32), jnp.bfloat16, masked=True) == "xla"
-    assert auto((2, 5, 4, 32), (2, 5, 4, 32), jnp.bfloat16, masked=True) == "xla"
-    assert auto((2, 200, 4, 32), (2, 38, 4, 32), jnp.bfloat16, masked=True) == "cudnn"
+    # jax's cuDNN backward takes only even sequence lengths
+    assert auto((2, 201, 4, 32), (2, 5184, 4, 32), jnp.bfloat16) == "xla"
+    assert auto((2, 5, 4, 32), (2, 5, 4, 32), jnp.bfloat16) == "xla"
+    assert auto((2, 200, 4, 32), (2, 38, 4, 32), jnp.bfloat16) == "cudnn"
     FakeGpu.compute_capability = "7.5"
     assert auto(short, short, jnp.bfloat16) == "xla"  # pre-Ampere
 

@@ -37,7 +37,7 @@ def dot_product_attention(
     otherwise); "xla", "cudnn" (jax.nn's kernels) or "blocked" force one.
     """
     if implementation is None:
-        implementation = automatic_implementation(q.shape, k.shape, q.dtype, bias is not None or mask is not None)
+        implementation = automatic_implementation(q.shape, k.shape, q.dtype)
     if implementation == "blocked":
         return blocked_attention(q, k, v, bias=bias, mask=mask, is_causal=is_causal)
     if implementation == "cudnn":  # cuDNN wants bias / mask with both sequence lengths spelled out
@@ -60,18 +60,19 @@ def use_blocked(q_shape: tuple[int, ...], k_shape: tuple[int, ...]) -> bool:
     return jax.default_backend() == "cpu" and b * n * tq * k_shape[1] >= BLOCKED_MIN_LOGITS
 
 
-def automatic_implementation(q_shape: tuple[int, ...], k_shape: tuple[int, ...], dtype,
-                             masked: bool = False) -> str:
+def automatic_implementation(q_shape: tuple[int, ...], k_shape: tuple[int, ...], dtype) -> str:
     """The kernel `implementation=None` runs: "blocked" where `use_blocked` says so (CPU, long
     sequences); "cudnn" on a GPU of compute capability 8.0+ for bf16 / fp16 where the fused kernel
-    takes the call forward and backward (head dim a multiple of 8, at most 128; with a bias or
-    mask, both sequence lengths even; fp32 has no cuDNN kernel); else "xla"."""
+    takes the call forward and backward: head dim a multiple of 8, at most 128, and both sequence
+    lengths even (jax's cuDNN gradient rule treats every call as biased, and cuDNN's biased
+    backward rejects odd lengths: 5 geometry tokens, 201 decoder queries); fp32 has no cuDNN
+    kernel; else "xla"."""
     if use_blocked(q_shape, k_shape):
         return "blocked"
     if jax.default_backend() == "gpu" and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16):
         h, tq, tk = q_shape[-1], q_shape[1], k_shape[1]
         cc = getattr(jax.devices()[0], "compute_capability", "0")
-        if h % 8 == 0 and h <= 128 and float(cc) >= 8.0 and not (masked and (tq % 2 or tk % 2)):
+        if h % 8 == 0 and h <= 128 and float(cc) >= 8.0 and tq % 2 == 0 and tk % 2 == 0:
             return "cudnn"
     return "xla"
 
