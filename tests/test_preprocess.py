@@ -29,6 +29,37 @@ def test_resize_uint8_equals_torchvision(size):
     del torch
 
 
+def test_device_preprocessing_is_bit_identical_and_compiles_per_bucket():
+    """The predictor resizes and normalises on the device (only uint8 travels): bit-identical to
+    the host `preprocess` (itself = torchvision), for up-, down- and same-size images, and its
+    small jitted function compiles once per IMAGE_BUCKET-padded size."""
+    pytest.importorskip("skimage")
+    import jax
+
+    from sam3_jax.formats.image import resize_taps, resize_uint8_on_device
+    from sam3_jax.predict import predictor as P
+
+    class Stub:  # _prepare_image needs only these two attributes of a predictor
+        def __init__(self):
+            self.resolution = 224
+            self._prepare = jax.jit(P.device_preprocess)
+
+    stub = Stub()
+    images = _images() + [np.full((224, 224, 3), 7, np.uint8), np.arange(5 * 3 * 3, dtype=np.uint8).reshape(5, 3, 3)]
+    for img in images:
+        got = np.asarray(P.Sam3ImagePredictor._prepare_image(stub, img))
+        assert got.dtype == np.float32 and got.shape == (1, 224, 224, 3)
+        np.testing.assert_array_equal(got[0], preprocess(img, 224))
+    for size in [(300, 17), (1008, 1008)]:  # other output sizes, taps padded to 8 (zero weights)
+        img = images[0]
+        taps = [resize_taps(n, m, 8) for n, m in zip(img.shape[1::-1], size[::-1])]
+        np.testing.assert_array_equal(np.asarray(resize_uint8_on_device(img, *taps)), resize_uint8(img, size))
+    # 512x512 and 224x224 share the 512 bucket; chelsea (300x451 -> 384x512), the two random sizes
+    # and the 5x3 one (-> 128x128) take theirs
+    buckets = {(-(-h // P.IMAGE_BUCKET), -(-w // P.IMAGE_BUCKET)) for h, w, _ in (i.shape for i in images)}
+    assert stub._prepare._cache_size() == len(buckets) < len(images)
+
+
 def test_preprocess_equals_official_transform():
     torch = pytest.importorskip("torch")
     from torchvision.transforms import v2

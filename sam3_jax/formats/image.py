@@ -65,6 +65,40 @@ def _resample_axis(x: np.ndarray, axis: int, out_size: int) -> np.ndarray:
     return np.moveaxis(out, 0, axis)
 
 
+def resize_taps(in_size: int, out_size: int, k_multiple: int = 1) -> tuple[np.ndarray, np.ndarray, int]:
+    """One axis of `resize_uint8` as gather taps: source indices (out, K) int32, int16-valued
+    weights (out, K) int32 (0 on padded taps; K padded up to a multiple of `k_multiple`) and the
+    fixed-point precision (bits). An axis that keeps its size is the identity: one tap of weight 1,
+    precision 0."""
+    if in_size == out_size:
+        idx, w, precision = np.arange(out_size)[:, None], np.ones((out_size, 1), np.int64), 0
+    else:
+        starts, w, precision = _aa_weights(in_size, out_size)
+        idx = np.minimum(starts[:, None] + np.arange(w.shape[1])[None, :], in_size - 1)
+    pad = -w.shape[1] % k_multiple
+    idx, w = (np.pad(a, ((0, 0), (0, pad))) for a in (idx, w))
+    return idx.astype(np.int32), w.astype(np.int32), precision
+
+
+def resize_uint8_on_device(image, taps_w, taps_h):
+    """`resize_uint8` in jax on the device: (H, W, C) uint8 -> (h, w, C) uint8, bit-identical (the
+    same integer arithmetic: horizontal pass, rounding shift, clip, then the vertical pass). taps_w /
+    taps_h: `resize_taps(W, w)` / `resize_taps(H, h)` (arrays may be traced; jit-friendly)."""
+    import jax.numpy as jnp
+
+    def one_axis(x, taps, axis):
+        idx, w, precision = taps
+        xm = jnp.moveaxis(x, axis, 0).astype(jnp.int32)  # (in, ...)
+        t = xm[idx]  # (out, K, ...)
+        acc = jnp.sum(t * w.reshape(w.shape + (1,) * (t.ndim - 2)), axis=1)
+        precision = jnp.asarray(precision, jnp.int32)
+        acc = acc + jnp.where(precision > 0, jnp.left_shift(1, jnp.maximum(precision - 1, 0)), 0)
+        out = jnp.clip(jnp.right_shift(acc, precision), 0, 255).astype(jnp.uint8)
+        return jnp.moveaxis(out, 0, axis)
+
+    return one_axis(one_axis(image, taps_w, 1), taps_h, 0)
+
+
 def resize_uint8(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """(H, W, C) uint8 -> (h, w, C) uint8, bit-identical to torchvision v2.Resize on a uint8 tensor."""
     h, w = size
@@ -91,6 +125,11 @@ def to_uint8_rgb(image: Any) -> np.ndarray:
     if image.shape[0] == 0 or image.shape[1] == 0:
         raise ValueError(f"image is empty: shape {image.shape}")
     return np.ascontiguousarray(image)
+
+
+def normalize_table() -> np.ndarray:
+    """(256,) float32: `normalize_images` of every uint8 value (a lookup table for the device)."""
+    return normalize_images(np.arange(256, dtype=np.uint8))
 
 
 def normalize_images(images: np.ndarray) -> np.ndarray:

@@ -9,6 +9,10 @@
     inst = predictor.predict_instance(points=[[120, 80], [60, 90]], point_labels=[1, 0],
                                       mask_input=inst["low_res_logits"][[inst["iou"].argmax()]])
 
+`set_image` sends the uint8 image to the device and resizes and normalises it there, with the
+official processor's fixed-point arithmetic (bit-identical to the host `preprocess`; a small
+function compiled once per 128-pixel size bucket), then encodes it once.
+
 Post-processing follows the official `Sam3Processor`: score = sigmoid(logit) * sigmoid(presence),
 keep score > threshold (no NMS), boxes cxcywh -> xyxy scaled to the original size, mask logits
 resized bilinearly (torch semantics) to the original size, then sigmoid > 0.5. Results are in
@@ -36,7 +40,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sam3_jax.formats.image import preprocess, to_uint8_rgb
+from sam3_jax.formats.image import normalize_table, resize_taps, resize_uint8_on_device, to_uint8_rgb
 from sam3_jax.layers.resize import resize_bilinear
 from sam3_jax.model.tokenizer import ClipTokenizer
 from sam3_jax.model.tracker import instance
@@ -51,6 +55,18 @@ def _round_up(n: int, k: int) -> int:
 
 def _next_pow2(n: int) -> int:
     return 1 << max(0, (n - 1).bit_length())
+
+
+# set_image pads images to a multiple of this many pixels per side (one compiled resize per bucket)
+IMAGE_BUCKET = 128
+_NORMALIZE = normalize_table()
+
+
+def device_preprocess(image: jax.Array, taps_w, taps_h) -> jax.Array:
+    """Padded uint8 (H', W', 3) -> (1, R, R, 3) float32: the official processor's exact resize
+    (`resize_taps` per axis; only the taps' source rows / columns are read, so padding is ignored)
+    and normalisation (a table of the host arithmetic), on the device."""
+    return jnp.asarray(_NORMALIZE)[resize_uint8_on_device(image, taps_w, taps_h).astype(jnp.int32)][None]
 
 
 class Sam3ImagePredictor:
@@ -128,6 +144,7 @@ class Sam3ImagePredictor:
             return instance.predict(cfg, heads, features, points, labels, mask_input, orig_hw=orig_hw,
                                     multimask_output=multimask_output)
 
+        self._prepare = jax.jit(device_preprocess)
         self._encode_image = encode_image
         self._ground = ground
         self._masks = masks
@@ -172,10 +189,20 @@ class Sam3ImagePredictor:
     def set_image(self, image: Any) -> None:
         """Encodes the image once (trunk + necks); later prompts reuse the cached features."""
         img = to_uint8_rgb(image)
-        self._orig_hw = (int(img.shape[0]), int(img.shape[1]))
-        x = preprocess(img, self.resolution)[None]
-        self._image_out, self._inst_features = self._encode_image(self._detector_params, self._heads, jnp.asarray(x))
+        h, w = self._orig_hw = (int(img.shape[0]), int(img.shape[1]))
+        self._image_out, self._inst_features = self._encode_image(
+            self._detector_params, self._heads, self._prepare_image(img))
         self._image = img
+
+    def _prepare_image(self, img: np.ndarray) -> jax.Array:
+        """uint8 (H, W, 3) -> the model's (1, R, R, 3) float32 input, resized and normalised on the
+        device (only the uint8 image travels). The image is zero-padded to a multiple of
+        IMAGE_BUCKET and the taps to a multiple of 4, so the small resize function compiles once
+        per bucket, not per image size; padding is never read."""
+        h, w = img.shape[:2]
+        padded = np.pad(img, ((0, -h % IMAGE_BUCKET), (0, -w % IMAGE_BUCKET), (0, 0)))
+        r = self.resolution
+        return self._prepare(jnp.asarray(padded), resize_taps(w, r, 4), resize_taps(h, r, 4))
 
     def _require_image(self, method: str = "predict") -> None:
         if self._image_out is None:
