@@ -3,7 +3,7 @@
 #   bash benchmarks/gpu_check.sh infer   # full-size bf16 inference (automatic = cuDNN, and XLA attention)
 #   bash benchmarks/gpu_check.sh train [REMAT:BATCH ...]   # full-size bf16 train step: MFU, top ops; then
 #                                                          # the GPU-only tests
-# Python packages the GPU image lacks travel as wheels in .whl/ (see README, "GPU figures").
+# Python packages the GPU image lacks travel as wheels in .whl/ (README, Inference speed).
 # Logs go to $OUT (or ./gpu_out) as they are made.
 set -uo pipefail
 OUT=${OUT:-gpu_out}; mkdir -p "$OUT"

@@ -61,6 +61,16 @@ def tiny_cfg():
     return model_config("tiny")
 
 
+def synthetic_model_config():
+    """The model config of configs/synthetic.py (112 px, d_model 32: the smallest full model)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("synthetic_cfg", os.path.join(REPO, "configs", "synthetic.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.get_config("").model
+
+
 @pytest.fixture(scope="session")
 def full_cfg():
     from sam3_jax.config import model_config

@@ -84,18 +84,21 @@ def test_train_refuses_an_unknown_init(tmp_path, repo_root):
     assert not os.path.exists(tmp_path / "w")  # refused before anything is written
 
 
-def test_init_params_transform_runs_in_the_same_jit(tiny_cfg):
+def test_init_params_transform_runs_in_the_same_jit():
     """init_params(transform=official_init...) gives exactly what re-drawing afterwards gives, sharded as
-    init_shardings says (the training loop uses it so one param-sized buffer is ever materialised)."""
+    init_shardings says (the training loop uses it so one param-sized buffer is ever materialised).
+    On the synthetic config's model (the smallest; three sharded inits of the tiny one took minutes)."""
     import ml_collections
 
+    from conftest import synthetic_model_config
     from sam3_jax.model.sam3_image import Sam3Image
     from sam3_jax.config import LOGICAL_AXIS_RULES
     from sam3_jax.parallel.mesh import logical_rules, make_mesh
     from sam3_jax.parallel.state import init_params, init_shardings
 
-    model = Sam3Image(tiny_cfg)
-    s, b = tiny_cfg.image_size, 2
+    cfg = synthetic_model_config()
+    model = Sam3Image(cfg)
+    s, b = cfg.image_size, 2
     specs = [jax.ShapeDtypeStruct((b, s, s, 3), jnp.float32), jax.ShapeDtypeStruct((b, 32), jnp.int32),
              jax.ShapeDtypeStruct((b, 2, 4), jnp.float32), jax.ShapeDtypeStruct((b, 2), jnp.int32),
              jax.ShapeDtypeStruct((b, 2), jnp.bool_)]

@@ -419,24 +419,18 @@ def test_grad_and_num_boxes(off):
 def test_image_model_dac_outputs_feed_the_o2m_losses():
     """Sam3Image(dac=True): the o2o outputs equal the eval forward, the o2m outputs have the same
     shapes, and sam3_loss adds finite o2m terms (times o2m_weight) to the total."""
-    import importlib.util
-    import os
-
+    from conftest import synthetic_model_config
     from sam3_jax.model.sam3_image import Sam3Image
     from sam3_jax.train.losses import LossConfig
 
-    path = os.path.join(os.path.dirname(__file__), "..", "configs", "synthetic.py")
-    spec = importlib.util.spec_from_file_location("synthetic_cfg", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    cfg = mod.get_config("").model
+    cfg = synthetic_model_config()
     model = Sam3Image(cfg)
     rng = np.random.default_rng(0)
     b, s = 2, cfg.image_size
     inputs = (jnp.asarray(rng.normal(size=(b, s, s, 3)), jnp.float32),
               jnp.asarray(rng.integers(1, 400, (b, cfg.text.context_length)), jnp.int32),
               jnp.zeros((b, 1, 4)), jnp.zeros((b, 1), jnp.int32), jnp.ones((b, 1), bool))
-    params = model.init(jax.random.key(0), *inputs)["params"]
+    params = jax.jit(model.init)(jax.random.key(0), *inputs)["params"]
     plain, dac = (jax.jit(lambda p, d=d: model.apply({"params": p}, *inputs, dac=d))(params) for d in (False, True))
     for k in ("pred_logits", "pred_boxes", "pred_masks", "presence_logit_dec"):
         np.testing.assert_allclose(np.asarray(dac[k]), np.asarray(plain[k]), atol=1e-5, err_msg=k)
@@ -450,8 +444,9 @@ def test_image_model_dac_outputs_feed_the_o2m_losses():
                "valid": jnp.asarray([[True, True, False], [True, False, False]]),
                "masks": jnp.asarray(rng.random((b, m, h, h)) > 0.5)}
     cfg_loss = LossConfig(use_semantic_seg=False)
-    total_dac, terms = sam3_loss(dac, targets, 3.0, cfg_loss)
-    total_plain, _ = sam3_loss(plain, targets, 3.0, cfg_loss)
+    loss = jax.jit(lambda out: sam3_loss(out, targets, 3.0, cfg_loss))  # (eager: minutes of op-by-op)
+    total_dac, terms = loss(dac)
+    total_plain, _ = loss(plain)
     for k in ("loss_ce_o2m", "loss_bbox_o2m", "loss_giou_o2m", "loss_mask_o2m", "loss_dice_o2m"):
         assert np.isfinite(float(terms[k])) and float(terms[k]) > 0, k
     assert float(total_dac) > float(total_plain)
