@@ -7,7 +7,7 @@ from the synthetic source, resized to the model's resolution, for each requested
 
     python benchmarks/bench_train.py                                   # tiny (224 px) and full (1008 px)
     python benchmarks/bench_train.py --configs tiny --batch 8 --steps 20
-    python benchmarks/bench_train.py --configs full --dtype bfloat16 --remat full --attention cudnn
+    python benchmarks/bench_train.py --configs full --dtype bfloat16 --remat dots   # cuDNN attention where it applies
     python benchmarks/bench_train.py --configs tiny --profile /tmp/train_trace   # + top ops of one step
 
 Prints compile seconds, the median step time over `--steps` timed steps (after 2 warm-up steps),
@@ -150,7 +150,7 @@ def bench(variant, batch, steps, dtype, remat, attention, loss_masks=True, profi
             times.append(time.perf_counter() - t)
     dt = statistics.median(times)
     n_dev = jax.device_count()
-    line = (f"{variant:5s} {dtype:8s} remat={remat:4s} attn={attention or 'xla':5s} batch {batch:3d} "
+    line = (f"{variant:5s} {dtype:8s} remat={remat:4s} attn={attention or 'auto':5s} batch {batch:3d} "
             f"params {n_params / 1e6:7.1f} M  compile {t_compile:6.1f} s  step {dt * 1e3:8.1f} ms "
             f"(min {min(times) * 1e3:.1f})  {batch / dt:8.2f} img/s  {flops / 1e12:8.2f} TFLOP/step")
     peak = peak_flops(jax.devices()[0]) if jax.default_backend() == "gpu" else None
@@ -162,7 +162,7 @@ def bench(variant, batch, steps, dtype, remat, attention, loss_masks=True, profi
 
         from profile_infer import op_kinds
 
-        d = os.path.join(profile, f"{variant}_{dtype}_{remat}_{attention or 'xla'}_b{batch}")
+        d = os.path.join(profile, f"{variant}_{dtype}_{remat}_{attention or 'auto'}_b{batch}")
         with jax.profiler.trace(d):
             state, metrics = step(state, gbatch)
             jax.block_until_ready(metrics["loss"])
@@ -181,7 +181,7 @@ def main():
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--dtype", default="float32", help="compute dtype (params stay float32)")
     ap.add_argument("--remat", default=None, help="none|full|dots (default: tiny none, full full)")
-    ap.add_argument("--attention", default=None, help="None = XLA, or 'cudnn' on a GPU")
+    ap.add_argument("--attention", default=None, help="None = the automatic choice (cuDNN for bf16 on a GPU where it applies), xla, cudnn")
     ap.add_argument("--matmul_precision", default="default")
     ap.add_argument("--profile", default=None, metavar="DIR", help="trace one more step into DIR, print the top ops")
     args = ap.parse_args()

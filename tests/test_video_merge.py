@@ -195,3 +195,30 @@ def test_hotstart_matches_official_over_a_clip(reverse):
     assert removed_total >= 3  # the clip exercises the rules
     assert any(len(v) >= cfg.hotstart_dup_thresh for v in meta["overlap_pair_to_frame_inds"].values())
     assert any(len(v) >= cfg.hotstart_unmatch_thresh for v in meta["unmatched_frame_inds"].values())
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_non_overlapping_and_boxes_match_official(seed):
+    from sam3.model.sam3_tracker_base import Sam3TrackerBase
+    from sam3.perflib.masks_ops import masks_to_boxes
+
+    rng = np.random.default_rng(seed)
+    live_ids = np.array([3, 7, 8, 12, 20], np.int32)
+    logits = rng.normal(0, 4, (len(live_ids), H, W)).astype(np.float32)
+    logits[1, :8] = logits[3, :8] = 10.0  # exact ties (masks given as +-10): the lower id wins
+    logits[2, 20:] = -12.0
+    want = Sam3TrackerBase._apply_non_overlapping_constraints(None, torch.from_numpy(logits[:, None]))[:, 0].numpy()
+    pos, obj_ids, valid = _slots(rng, 8, live_ids)
+    slots = rng.normal(0, 4, (8, H, W)).astype(np.float32)  # free slots hold garbage
+    slots[pos] = logits
+    got = np.asarray(jax.jit(merge.non_overlapping)(slots, valid, obj_ids))
+    np.testing.assert_array_equal(got[pos], want)
+    np.testing.assert_array_equal(got[~valid], slots[~valid])  # free slots untouched
+    one = np.zeros(8, bool)
+    one[pos[0]] = True
+    np.testing.assert_array_equal(np.asarray(merge.non_overlapping(slots, one, obj_ids)), slots)
+
+    binary = want > 0
+    binary[0] = False  # an empty mask
+    np.testing.assert_array_equal(np.asarray(merge.masks_to_boxes(binary)),
+                                  masks_to_boxes(torch.from_numpy(binary), list(range(len(binary)))).numpy())

@@ -10,6 +10,12 @@ validity mask, so one per-frame step compiles once and its object axis can be sh
 - `nms_masks`: score threshold + greedy mask NMS (`perflib.nms.nms_masks`).
 - `associate`: detections vs tracks (`Sam3VideoBase._associate_det_trk`, many-to-one matching).
 - `HotstartState` / `hotstart_step`: the hot-start removal rules (`Sam3VideoBase._process_hotstart`).
+- `non_overlapping`: each pixel to its highest-scoring object (`_apply_non_overlapping_constraints`).
+- `masks_to_boxes`: boxes of the output masks (`perflib.masks_ops.masks_to_boxes`).
+
+Not here yet: the per-frame step that strings these together with the detector and the tracker
+(occlusion-based suppression, reconditioning, memory encoding, births into free slots), the video
+predictor and its parity against the official video model.
 
 Order conventions. The official code walks objects in the order of their ids (new ids are
 max id + 1, so that is birth order) and detections in index order; where it breaks ties by that
@@ -204,3 +210,35 @@ def hotstart_step(state: HotstartState, frame_idx: jax.Array, reverse: bool, mat
     newly = by_unmatch | by_dup
     new_state = HotstartState(first, unmatched, ever, keep, dup, removed | newly)
     return new_state, newly, suppressed
+
+
+def non_overlapping(mask_logits: jax.Array, valid: jax.Array, obj_ids: jax.Array) -> jax.Array:
+    """(M, H, W) mask logits of the object slots -> the same with every pixel left to its highest
+    scoring object: the others' logits there are clamped to at most -10 (the official
+    `_apply_non_overlapping_constraints`; equal logits go to the lowest obj id, the official order).
+    Invalid slots neither win pixels nor change; with a single valid object nothing changes."""
+    m = mask_logits.shape[0]
+    big = jnp.iinfo(jnp.int32).max
+    scores = jnp.where(valid[:, None, None], mask_logits, -jnp.inf)
+    top = jnp.max(scores, axis=0, keepdims=True)
+    tied = valid[:, None, None] & (scores == top)
+    winner = jnp.argmin(jnp.where(tied, obj_ids.astype(jnp.int32)[:, None, None], big), axis=0)  # (H, W)
+    keep = winner[None] == jnp.arange(m)[:, None, None]
+    out = jnp.where(keep, mask_logits, jnp.minimum(mask_logits, -10.0))
+    alone = jnp.sum(valid) <= 1
+    return jnp.where(alone | ~valid[:, None, None], mask_logits, out)
+
+
+def masks_to_boxes(masks: jax.Array) -> jax.Array:
+    """(N, H, W) masks (non-zero = object) -> (N, 4) float32 [x0, y0, x1, y1] pixel indices of the
+    outermost object pixels (inclusive; the official `perflib.masks_ops.masks_to_boxes`). An empty
+    mask gives [W, H, 0, 0], as there."""
+    n, h, w = masks.shape
+    on = masks != 0
+    cols, rows = jnp.any(on, axis=1), jnp.any(on, axis=2)  # (N, W), (N, H)
+    x, y = jnp.arange(w), jnp.arange(h)
+    x0 = jnp.min(jnp.where(cols, x, w), axis=1)
+    y0 = jnp.min(jnp.where(rows, y, h), axis=1)
+    x1 = jnp.max(jnp.where(cols, x, 0), axis=1)
+    y1 = jnp.max(jnp.where(rows, y, 0), axis=1)
+    return jnp.stack([x0, y0, x1, y1], axis=1).astype(jnp.float32)
