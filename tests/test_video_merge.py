@@ -222,3 +222,44 @@ def test_non_overlapping_and_boxes_match_official(seed):
     binary[0] = False  # an empty mask
     np.testing.assert_array_equal(np.asarray(merge.masks_to_boxes(binary)),
                                   masks_to_boxes(torch.from_numpy(binary), list(range(len(binary)))).numpy())
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_occlusion_suppression_matches_official(reverse):
+    from sam3.model.sam3_video_base import Sam3VideoBase
+
+    off_self = types.SimpleNamespace(suppress_overlapping_based_on_recent_occlusion_threshold=0.7, rank=1)
+    off_self._get_objects_to_suppress_based_on_most_recently_occluded = types.MethodType(
+        Sam3VideoBase._get_objects_to_suppress_based_on_most_recently_occluded, off_self)
+    rng = np.random.default_rng(5 + reverse)
+    suppressed_total = 0
+    for trial in range(10):
+        live_ids = np.sort(rng.choice(40, 6, replace=False)).astype(np.int32)
+        logits, base = _rect_logits(rng, 3)
+        more, _ = _rect_logits(rng, 3, base, jitter=1)  # near-copies: high IoU pairs
+        logits = np.concatenate([logits, more])
+        logits[rng.integers(6)] = -1  # an occluded (empty) track
+        # previous records: some never occluded, some at earlier frames, one without a record that
+        # the hot-start rules just removed
+        record = {int(o): int(rng.choice([-1, 3, 5, 9])) for o in live_ids[:5]}
+        removed = {int(live_ids[5])} if trial % 2 else set()
+        meta_prev = {"obj_ids_all_gpu": live_ids.astype(np.int64),
+                     "obj_id_to_last_occluded": {o: torch.tensor([v]) for o, v in record.items()}}
+        meta_new = {}
+        frame = 12 if not reverse else 1
+        want = Sam3VideoBase._suppress_overlapping_based_on_recent_occlusion(
+            off_self, frame, torch.from_numpy(logits.copy()), meta_prev, meta_new, removed, reverse).numpy()
+
+        pos, obj_ids, valid = _slots(rng, 9, live_ids)
+        slots = np.zeros((9, H, W), np.float32) + 3.0
+        slots[pos] = logits
+        last = np.full(9, merge.NEVER_OCCLUDED, np.int32)
+        for o, s in zip(live_ids, pos):
+            last[s] = record.get(int(o), merge.ALWAYS_OCCLUDED if int(o) in removed else merge.NEVER_OCCLUDED)
+        out, sup, new_last = jax.jit(merge.occlusion_suppression, static_argnums=(4,))(slots, valid, last, frame, reverse)
+        np.testing.assert_array_equal(np.asarray(out)[pos], want)
+        np.testing.assert_array_equal(np.asarray(out)[~valid], slots[~valid])
+        got_last = {int(o): int(np.asarray(new_last)[s]) for o, s in zip(live_ids, pos)}
+        assert got_last == {int(o): int(v[0]) for o, v in meta_new["obj_id_to_last_occluded"].items()}
+        suppressed_total += int(np.asarray(sup).sum())
+    assert suppressed_total >= 2

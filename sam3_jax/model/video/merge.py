@@ -10,11 +10,13 @@ validity mask, so one per-frame step compiles once and its object axis can be sh
 - `nms_masks`: score threshold + greedy mask NMS (`perflib.nms.nms_masks`).
 - `associate`: detections vs tracks (`Sam3VideoBase._associate_det_trk`, many-to-one matching).
 - `HotstartState` / `hotstart_step`: the hot-start removal rules (`Sam3VideoBase._process_hotstart`).
+- `occlusion_suppression`: of two overlapping tracks, the more recently occluded one is blanked
+  before memory encoding (`Sam3VideoBase._suppress_overlapping_based_on_recent_occlusion`).
 - `non_overlapping`: each pixel to its highest-scoring object (`_apply_non_overlapping_constraints`).
 - `masks_to_boxes`: boxes of the output masks (`perflib.masks_ops.masks_to_boxes`).
 
 Not here yet: the per-frame step that strings these together with the detector and the tracker
-(occlusion-based suppression, reconditioning, memory encoding, births into free slots), the video
+(reconditioning, memory encoding, births into free slots, hole filling via layers/components.py), the video
 predictor and its parity against the official video model.
 
 Order conventions. The official code walks objects in the order of their ids (new ids are
@@ -242,3 +244,32 @@ def masks_to_boxes(masks: jax.Array) -> jax.Array:
     x1 = jnp.max(jnp.where(cols, x, 0), axis=1)
     y1 = jnp.max(jnp.where(rows, y, 0), axis=1)
     return jnp.stack([x0, y0, x1, y1], axis=1).astype(jnp.float32)
+
+
+NEVER_OCCLUDED = -1
+ALWAYS_OCCLUDED = 100_000  # the official mark of a track just removed by the hot-start rules
+
+
+def occlusion_suppression(mask_logits: jax.Array, valid: jax.Array, last_occluded: jax.Array,
+                          frame_idx: jax.Array, reverse: bool, iou_threshold: float = 0.7,
+                          ) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Before memory encoding, of two tracks whose masks overlap (IoU >= iou_threshold) the one
+    occluded more recently (later frame; earlier when reverse) is set to -10, provided the other
+    was itself occluded at some point (the official `_suppress_overlapping_based_on_recent_occlusion`).
+
+    mask_logits (M, H, W), valid (M,), last_occluded (M,) int: the frame each track was last
+    empty or suppressed (NEVER_OCCLUDED if never; a track without a record that the hot-start rules
+    just removed counts as ALWAYS_OCCLUDED). Returns (logits with the suppressed tracks at -10,
+    suppressed (M,), updated last_occluded: this frame for every valid track that is empty or
+    suppressed now). The rule is symmetric in the pair, so slot order does not matter."""
+    frame_idx = jnp.asarray(frame_idx, jnp.int32)
+    binary = mask_logits > 0
+    pair = valid[:, None] & valid[None, :] & ~jnp.eye(valid.shape[0], dtype=bool)
+    overlap = pair & (mask_iou(binary, binary) >= iou_threshold)
+    li, lj = last_occluded[:, None], last_occluded[None, :]
+    later = (li < lj) if reverse else (li > lj)
+    suppress = jnp.any(overlap & later & (lj > NEVER_OCCLUDED), axis=1)
+    suppress = suppress & (jnp.sum(valid) > 1)
+    empty = ~jnp.any(binary.reshape(binary.shape[0], -1), axis=1)
+    last = jnp.where(valid & (empty | suppress), frame_idx, last_occluded)
+    return jnp.where(suppress[:, None, None], -10.0, mask_logits).astype(mask_logits.dtype), suppress, last
