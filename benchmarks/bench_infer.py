@@ -26,7 +26,8 @@ sam3_jax's first calls (so each figure includes the phases before it).
 Matmuls run at JAX's default precision (fp32 on a CPU; TF32 on an Ampere+ GPU), not the "highest"
 precision the parity runs and tests set. torch uses `os.cpu_count()` threads; XLA's CPU client
 uses its own pool over all cores. Without torch and the official `sam3` package (e.g. on a GPU
-machine), or with `--no_official`, only sam3_jax runs, on Flax-initialised random weights.
+machine), or with `--no_official`, only sam3_jax runs, on random weights drawn straight into the
+param tree (`random_params`: N(0, 0.02^2), not the model's init; the times do not depend on it).
 """
 
 from __future__ import annotations
@@ -90,6 +91,24 @@ def official_available() -> bool:
     return True
 
 
+def random_params(abstract, seed: int = 0, shardings=None):
+    """Params of the given abstract tree (ShapeDtypeStructs), floating leaves drawn N(0, 0.02^2):
+    one small jit of random draws instead of compiling the model's own init (about a minute at the
+    full config on a GPU). For timing only: the values are not the model's init."""
+    import jax.numpy as jnp
+
+    leaves, tree = jax.tree_util.tree_flatten(abstract)
+
+    def draw(key):
+        keys = jax.random.split(key, len(leaves))
+        return tree.unflatten([
+            (0.02 * jax.random.normal(k, a.shape, jnp.float32)).astype(a.dtype)
+            if jnp.issubdtype(a.dtype, jnp.floating) else jnp.zeros(a.shape, a.dtype)
+            for k, a in zip(keys, leaves)])
+
+    return jax.jit(draw, out_shardings=shardings)(jax.random.key(seed))
+
+
 def build_weights(cfg, seed: int, with_official: bool):
     """(official model or None, sam3_jax params)."""
     if with_official:
@@ -107,8 +126,9 @@ def build_weights(cfg, seed: int, with_official: bool):
     s, t = cfg.image_size, cfg.text.context_length
     zeros = (jnp.zeros((1, s, s, 3)), jnp.zeros((1, t), jnp.int32), jnp.zeros((1, 1, 4)),
              jnp.zeros((1, 1), jnp.int32), jnp.ones((1, 1), bool))
-    init = jax.jit(lambda key: nn.meta.unbox(Sam3Image(cfg).init(key, *zeros))["params"])
-    return None, init(jax.random.key(seed))
+    abstract = jax.eval_shape(lambda key: nn.meta.unbox(Sam3Image(cfg).init(key, *zeros))["params"],
+                              jax.random.key(seed))
+    return None, random_params(abstract, seed)
 
 
 def official_cases(model, cfg, photo, threshold: float) -> dict:

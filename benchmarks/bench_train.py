@@ -92,7 +92,8 @@ def forward_flops(model, params, batch, model_cfg) -> float:
     return jaxpr_flops(closed.jaxpr, {v.depth: (v.depth - n_global, n_global)})
 
 
-def build(variant: str, batch: int, dtype: str, remat: str, attention: str | None, loss_masks: bool):
+def build(variant: str, batch: int, dtype: str, remat: str, attention: str | None, loss_masks: bool,
+          fast_init: bool = False):
     import importlib.util
     import os
 
@@ -122,7 +123,15 @@ def build(variant: str, batch: int, dtype: str, remat: str, attention: str | Non
                         shuffle=False, exact_resize=False, context_length=m.text.context_length)
     src = SyntheticSource("val", num_examples=batch, canvas=64, max_instances=8)
     host = flatten_batch(next(make_iterator(src, pc)))
-    params, p_sh = init_params(model, jax.random.key(0), input_specs(host), mesh, rules)
+    if fast_init:  # random N(0, 0.02^2) draws straight into the shardings: no compile of the model's init
+        from bench_infer import random_params
+
+        from sam3_jax.parallel.state import abstract_params_and_shardings
+
+        abstract, p_sh = abstract_params_and_shardings(model, input_specs(host), mesh, rules)
+        params = random_params(abstract, 0, p_sh)
+    else:
+        params, p_sh = init_params(model, jax.random.key(0), input_specs(host), mesh, rules)
     tx = make_optimizer(params, ml_collections.ConfigDict(official_defaults()), 10_000)
     state, s_sh = init_train_state(params, p_sh, tx, mesh)
     b_sh = {k: batch_sharding(mesh, v.ndim, rules) for k, v in host.items()}
@@ -136,8 +145,8 @@ def build(variant: str, batch: int, dtype: str, remat: str, attention: str | Non
     return step, state, gbatch, n_params, flops
 
 
-def bench(variant, batch, steps, dtype, remat, attention, loss_masks=True, profile=None, top=15):
-    step, state, gbatch, n_params, flops = build(variant, batch, dtype, remat, attention, loss_masks)
+def bench(variant, batch, steps, dtype, remat, attention, loss_masks=True, profile=None, top=15, fast_init=False):
+    step, state, gbatch, n_params, flops = build(variant, batch, dtype, remat, attention, loss_masks, fast_init)
     t0 = time.perf_counter()
     step.lower(state, gbatch).compile()
     t_compile = time.perf_counter() - t0
@@ -184,6 +193,8 @@ def main():
     ap.add_argument("--attention", default=None, help="None = the automatic choice (cuDNN for bf16 on a GPU where it applies), xla, cudnn")
     ap.add_argument("--matmul_precision", default="default")
     ap.add_argument("--profile", default=None, metavar="DIR", help="trace one more step into DIR, print the top ops")
+    ap.add_argument("--fast_init", action="store_true",
+                    help="random N(0, 0.02^2) params instead of the model's init (saves its compile; times only)")
     args = ap.parse_args()
     jax.config.update("jax_default_matmul_precision", args.matmul_precision)
     dev = jax.devices()[0]
@@ -192,7 +203,8 @@ def main():
     for variant in args.configs.split(","):
         batch = args.batch or (8 if variant == "tiny" else jax.device_count())
         remat = args.remat or ("none" if variant == "tiny" else "full")
-        bench(variant, batch, args.steps, args.dtype, remat, args.attention, profile=args.profile)
+        bench(variant, batch, args.steps, args.dtype, remat, args.attention, profile=args.profile,
+              fast_init=args.fast_init)
 
 
 if __name__ == "__main__":

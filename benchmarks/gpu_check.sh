@@ -29,7 +29,7 @@ case "${1:-infer}" in
     for spec in ${@:-dots:8 none:4}; do
       remat=${spec%%:*}; batch=${spec##*:}
       timeout 200 python3 benchmarks/bench_train.py --configs full --dtype bfloat16 \
-        --remat "$remat" --batch "$batch" --steps 5 --profile /tmp/prof_train 2>&1 | tee "$OUT/train_${remat}_b${batch}.log"
+        --remat "$remat" --batch "$batch" --steps 5 --fast_init --profile /tmp/prof_train 2>&1 | tee "$OUT/train_${remat}_b${batch}.log"
     done
     timeout 150 python3 -m pytest -q -p no:cacheprovider -n 0 tests/test_gpu.py 2>&1 | tail -15 | tee "$OUT/test_gpu.log"
     ;;
