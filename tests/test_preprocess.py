@@ -54,8 +54,7 @@ def test_device_preprocessing_is_bit_identical_and_compiles_per_bucket():
         img = images[0]
         taps = [resize_taps(n, m, 8) for n, m in zip(img.shape[1::-1], size[::-1])]
         np.testing.assert_array_equal(np.asarray(resize_uint8_on_device(img, *taps)), resize_uint8(img, size))
-    # 512x512 and 224x224 share the 512 bucket; chelsea (300x451 -> 384x512), the two random sizes
-    # and the 5x3 one (-> 128x128) take theirs
+    # 37x91 and 5x3 (both enlarged: 4 taps) share the 128x128 bucket; the others take their own
     buckets = {(-(-h // P.IMAGE_BUCKET), -(-w // P.IMAGE_BUCKET)) for h, w, _ in (i.shape for i in images)}
     assert stub._prepare._cache_size() == len(buckets) < len(images)
 

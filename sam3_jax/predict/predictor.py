@@ -11,7 +11,7 @@
 
 `set_image` sends the uint8 image to the device and resizes and normalises it there, with the
 official processor's fixed-point arithmetic (bit-identical to the host `preprocess`; a small
-function compiled once per 128-pixel size bucket), then encodes it once.
+function compiled once per 128-pixel size bucket and tap count), then encodes it once.
 
 Post-processing follows the official `Sam3Processor`: score = sigmoid(logit) * sigmoid(presence),
 keep score > threshold (no NMS), boxes cxcywh -> xyxy scaled to the original size, mask logits
@@ -189,7 +189,7 @@ class Sam3ImagePredictor:
     def set_image(self, image: Any) -> None:
         """Encodes the image once (trunk + necks); later prompts reuse the cached features."""
         img = to_uint8_rgb(image)
-        h, w = self._orig_hw = (int(img.shape[0]), int(img.shape[1]))
+        self._orig_hw = (int(img.shape[0]), int(img.shape[1]))
         self._image_out, self._inst_features = self._encode_image(
             self._detector_params, self._heads, self._prepare_image(img))
         self._image = img
@@ -198,7 +198,8 @@ class Sam3ImagePredictor:
         """uint8 (H, W, 3) -> the model's (1, R, R, 3) float32 input, resized and normalised on the
         device (only the uint8 image travels). The image is zero-padded to a multiple of
         IMAGE_BUCKET and the taps to a multiple of 4, so the small resize function compiles once
-        per bucket, not per image size; padding is never read."""
+        per size bucket and tap count (3-4 taps when enlarging, more when shrinking a lot), not per
+        image size; padding is never read."""
         h, w = img.shape[:2]
         padded = np.pad(img, ((0, -h % IMAGE_BUCKET), (0, -w % IMAGE_BUCKET), (0, 0)))
         r = self.resolution
