@@ -263,7 +263,7 @@ def main() -> None:
     photo = skimage.data.astronaut()
     t, (model, params) = timed(lambda: build_weights(cfg, args.seed, with_official))
     mem = {"setup": peak_rss_mib()}
-    print(f"weights ready in {t:.1f} s ({'official random model, converted' if with_official else 'Flax init'}); "
+    print(f"weights ready in {t:.1f} s ({'official random model, converted' if with_official else 'random_params'}); "
           f"photo astronaut {photo.shape[1]}x{photo.shape[0]}", flush=True)
 
     # The official warm-ups, then sam3_jax's first calls (memory read after each), then the timed calls

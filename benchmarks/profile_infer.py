@@ -3,7 +3,8 @@
 
     python benchmarks/profile_infer.py --config full [--top 12] [--trace_dir /tmp/sam3_trace]
 
-Flax-initialised random weights (times do not depend on their values), the astronaut photo, fp32.
+Random weights (`bench_infer.random_params`; times do not depend on their values), the astronaut
+photo, fp32.
 1. Stages: the image encoder (set_image) and the parts of one text prompt on the cached image
    (text encoder, geometry + fusion encoder, decoder + scoring, segmentation head for every query),
    each its own jitted function, median of 3 warm calls.
