@@ -54,9 +54,7 @@ def _resample_axis(x: np.ndarray, axis: int, out_size: int) -> np.ndarray:
     in_size = x.shape[axis]
     if in_size == out_size:
         return x
-    starts, w16, precision = _aa_weights(in_size, out_size)
-    k = w16.shape[1]
-    idx = np.minimum(starts[:, None] + np.arange(k)[None, :], in_size - 1)  # padded taps have weight 0
+    idx, w16, precision = resize_taps(in_size, out_size)  # padded taps have weight 0
     xm = np.moveaxis(x, axis, 0).astype(np.int32)  # (in, ...); sums stay below 2**31
     taps = xm[idx]  # (out, K, ...)
     w = w16.reshape(w16.shape + (1,) * (taps.ndim - 2))
