@@ -56,6 +56,16 @@ class MergeConfig:
     decrease_trk_keep_alive_for_empty_masklets: bool = False
 
 
+_BIG = jnp.iinfo(jnp.int32).max
+
+
+def _lowest_id(tied: jax.Array, ids: jax.Array) -> jax.Array:
+    """Index along axis 0 of `tied` (M, ...) bool of the tied entry with the lowest id (ids (M,)):
+    the official code's tie order (objects in id order)."""
+    ids = ids.astype(jnp.int32).reshape(ids.shape + (1,) * (tied.ndim - 1))
+    return jnp.argmin(jnp.where(tied, ids, _BIG), axis=0)
+
+
 def mask_iou(a: jax.Array, b: jax.Array) -> jax.Array:
     """(N, H, W) bool, (M, H, W) bool -> (N, M) float32 intersection / max(union, 1).
 
@@ -136,9 +146,7 @@ def associate(det_mask_logits: jax.Array, det_scores: jax.Array, det_valid: jax.
     # best track per detection: highest IoU among live tracks, ties to the lowest obj id
     masked = jnp.where(trk_valid[None, :], ious, -1.0)
     best_iou = jnp.max(masked, axis=1)
-    big = jnp.iinfo(jnp.int32).max
-    tied = masked == best_iou[:, None]
-    best_trk = jnp.argmin(jnp.where(tied, obj_ids[None, :].astype(jnp.int32), big), axis=1)
+    best_trk = _lowest_id((masked == best_iou[:, None]).T, obj_ids)
     high = det_valid & any_track & (det_scores >= cfg.high_conf_thresh) & ~is_new & (best_iou >= cfg.high_iou_thresh)
     names = high[:, None] & (best_trk[:, None] == jnp.arange(m)[None, :])  # (N, M)
     recondition = jnp.max(jnp.where(names, jnp.arange(n)[:, None], -1), axis=0).astype(jnp.int32)
@@ -200,10 +208,9 @@ def hotstart_step(state: HotstartState, frame_idx: jax.Array, reverse: bool, mat
 
     # duplicates: per detection matching >= 2 tracks, the earliest-born (latest when reverse;
     # ties to the lower obj id) against each of the others
-    big = jnp.iinfo(jnp.int32).max
-    primary = jnp.where(matched, (-first if reverse else first)[None, :], big)  # (N, M)
+    primary = jnp.where(matched, (-first if reverse else first)[None, :], _BIG)  # (N, M)
     tied = matched & (primary == jnp.min(primary, axis=1, keepdims=True))
-    head = jnp.argmin(jnp.where(tied, obj_ids[None, :].astype(jnp.int32), big), axis=1)  # (N,)
+    head = _lowest_id(tied.T, obj_ids)  # (N,)
     multi = jnp.sum(matched, axis=1) >= 2
     others = matched & multi[:, None] & (jnp.arange(m)[None, :] != head[:, None])  # (N, M)
     heads = jax.nn.one_hot(head, m, dtype=jnp.int32) * multi[:, None]  # (N, M)
@@ -220,11 +227,10 @@ def non_overlapping(mask_logits: jax.Array, valid: jax.Array, obj_ids: jax.Array
     `_apply_non_overlapping_constraints`; equal logits go to the lowest obj id, the official order).
     Invalid slots neither win pixels nor change; with a single valid object nothing changes."""
     m = mask_logits.shape[0]
-    big = jnp.iinfo(jnp.int32).max
     scores = jnp.where(valid[:, None, None], mask_logits, -jnp.inf)
     top = jnp.max(scores, axis=0, keepdims=True)
     tied = valid[:, None, None] & (scores == top)
-    winner = jnp.argmin(jnp.where(tied, obj_ids.astype(jnp.int32)[:, None, None], big), axis=0)  # (H, W)
+    winner = _lowest_id(tied, obj_ids)  # (H, W)
     keep = winner[None] == jnp.arange(m)[:, None, None]
     out = jnp.where(keep, mask_logits, jnp.minimum(mask_logits, -10.0))
     alone = jnp.sum(valid) <= 1
