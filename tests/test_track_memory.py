@@ -111,3 +111,69 @@ def test_rewritten_conditioning_frame_keeps_its_insertion_order():
     m, _ = add_memory(m, 5, *one(5), True)  # a tracked frame becomes a conditioning frame: inserted last
     slot = int(np.flatnonzero(np.asarray(m.frame[0]) == 5)[0])
     assert int(m.order[0, slot]) == int(np.asarray(m.order).max())
+
+
+def _official_filtered_choice(frame_idx, cond, non_cond, scores, num_frames, reverse):
+    """The video tracker's choice with memory selection: the official `frame_filter` picks the
+    frame list; spatial / pointer entries follow `_prepare_memory_conditioned_features` (its
+    memory-selection branches, restated)."""
+    import types
+
+    from sam3.model.sam3_tracker_base import Sam3TrackerBase
+
+    fake = types.SimpleNamespace(mf_threshold=0.01, max_obj_ptrs_in_encoder=SEL["max_obj_ptrs_in_encoder"])
+    outputs = {"non_cond_frame_outputs": {f: {"eff_iou_score": s} for f, s in zip(non_cond, scores)}}
+    valid = Sam3TrackerBase.frame_filter(fake, outputs, reverse, frame_idx, num_frames, 1)
+    spatial_sel, _, max_ptrs = select_memory_frames(frame_idx, cond, [], num_frames=num_frames, reverse=reverse, **SEL)
+    selected = [f for f, t in spatial_sel if t == 0]
+    unselected = [f for f in cond if f not in selected]
+    stored = set(non_cond) | set(unselected)
+    spatial = [(f, 0) for f in selected]
+    for t_pos in range(1, SEL["num_maskmem"]):
+        t_rel = SEL["num_maskmem"] - t_pos
+        if t_rel <= len(valid) and valid[-t_rel] in stored:
+            spatial.append((valid[-t_rel], t_pos))
+    sign = -1 if reverse else 1
+    pointers = [(f, (frame_idx - f) * sign) for f in selected if (f >= frame_idx if reverse else f <= frame_idx)]
+    for t_diff in range(1, max_ptrs):
+        if -t_diff <= -len(valid):
+            break
+        if valid[-t_diff] in stored:
+            pointers.append((valid[-t_diff], t_diff))
+    return spatial, pointers
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_memory_selection_equals_official_filter(reverse):
+    pytest.importorskip("sam3")
+    fn = jax.jit(lambda m, f, n: memory_bank_at(m, f, num_frames=n, reverse=reverse, memory_selection=True, **SEL))
+    rng = np.random.default_rng(11 + reverse)
+    for _ in range(120):
+        num_frames = int(rng.integers(3, 40))
+        cond, non_cond = _history(rng, num_frames)
+        frame_idx = int(rng.integers(0, num_frames))
+        # scores around the threshold, some exactly on it
+        scores = [float(rng.choice([0.0, 0.01, 0.005, 0.02, 0.5])) for _ in non_cond]
+        memory = _memory(cond, non_cond, SLOTS)
+        eff = np.zeros((1, SLOTS), np.float32)
+        frame = np.asarray(memory.frame[0])
+        for f, s in zip(non_cond, scores):
+            eff[0, np.flatnonzero(frame == f)[0]] = s
+        memory = memory.replace(eff_score=jnp.asarray(eff))
+        spatial, pointers = _official_filtered_choice(frame_idx, cond, non_cond, scores, num_frames, reverse)
+        bank = fn(memory, frame_idx, num_frames)
+        got_spatial = sorted((int(frame[k]), int(bank.tpos[0, k])) for k in np.flatnonzero(bank.valid[0]))
+        got_ptrs = sorted((int(frame[k]), int(bank.ptr_tpos[0, k])) for k in np.flatnonzero(bank.ptr_valid[0]))
+        case = dict(frame_idx=frame_idx, cond=cond, non_cond=dict(zip(non_cond, scores)), num_frames=num_frames)
+        assert got_spatial == sorted(spatial), case
+        assert got_ptrs == sorted(pointers), case
+
+
+def test_eviction_prefers_frames_the_filter_rejects():
+    m = TrackMemory.empty(1, 3, 1, 2, 4)
+    one = lambda v: (jnp.full((1, 1, 1, 2), float(v)), jnp.full((1, 4), float(v)))  # noqa: E731
+    m, _ = add_memory(m, 0, *one(0), True)
+    m, _ = add_memory(m, 1, *one(1), False, eff_score=jnp.array([0.5]))
+    m, _ = add_memory(m, 2, *one(2), False, eff_score=jnp.array([0.0]))
+    m, _ = add_memory(m, 3, *one(3), False, eff_score=jnp.array([0.5]), evict_below=0.01)
+    assert sorted(np.asarray(m.frame[0]).tolist()) == [0, 1, 3]  # frame 2 (score 0) went, not frame 1

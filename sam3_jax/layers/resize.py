@@ -69,3 +69,64 @@ def resize_nearest(x: jax.Array, size: tuple[int, int]) -> jax.Array:
     h, w = _check(x, size)
     x = jnp.take(x, jnp.asarray(_nearest_index(x.shape[1], h)), axis=1)
     return jnp.take(x, jnp.asarray(_nearest_index(x.shape[2], w)), axis=2)
+
+
+def antialias_taps(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """One axis of torch's CPU antialiased bilinear resize (`_upsample_bilinear2d_aa`): per output
+    index the source indices (out, K) and float32 weights (out, K) (zero-padded), computed with
+    torch's float32 arithmetic (window center scale * (i + 0.5), triangle filter widened by the
+    downsampling factor, weights normalised by their float32 sum)."""
+    scale = np.float32(in_size / out_size)
+    down = scale >= 1
+    support = scale if down else np.float32(1.0)
+    invscale = np.float32(1.0) / scale if down else np.float32(1.0)
+    rows = []
+    for i in range(out_size):
+        # as the C++ evaluates it: float32 variables, double literals (0.5) promote the expression
+        center = np.float32(np.float64(scale) * (i + 0.5))
+        xmin = max(int(np.float64(center) - np.float64(support) + 0.5), 0)
+        xsize = min(int(np.float64(center) + np.float64(support) + 0.5), in_size) - xmin
+        w = []
+        total = np.float32(0.0)
+        for j in range(xsize):
+            x = np.float32((np.float64(np.float32(j + xmin) - center) + 0.5) * np.float64(invscale))
+            wj = np.float32(max(np.float32(0.0), np.float32(1.0) - abs(x)))
+            w.append(wj)
+            total = np.float32(total + wj)
+        if total != 0:
+            w = [np.float32(v / total) for v in w]
+        rows.append((xmin, w))
+    k = max(len(w) for _, w in rows)
+    idx = np.zeros((out_size, k), np.int32)
+    wts = np.zeros((out_size, k), np.float32)
+    for i, (xmin, w) in enumerate(rows):
+        idx[i] = np.minimum(xmin + np.arange(k), in_size - 1)
+        wts[i, :len(w)] = w
+    return idx, wts
+
+
+def _aa_axis(x: jax.Array, axis: int, out_size: int) -> jax.Array:
+    idx, wts = antialias_taps(x.shape[axis], out_size)
+    acc = None
+    for j in range(idx.shape[1]):  # torch's order: one tap after the other, multiply-add in float32
+        tap = jnp.take(x, jnp.asarray(idx[:, j]), axis=axis)
+        shape = [1] * x.ndim
+        shape[axis] = out_size
+        w = jnp.asarray(wts[:, j]).reshape(shape)
+        acc = tap * w if acc is None else tap * w + acc
+    return acc
+
+
+def resize_bilinear_aa_exact(x: jax.Array, size: tuple[int, int]) -> jax.Array:
+    """(B, H, W) float32 -> (B, h, w): torch `F.interpolate(mode="bilinear", align_corners=False,
+    antialias=True)` on the CPU, bit for bit where XLA fuses each multiply-add into an FMA as the
+    CPU backend does (tests/test_resize.py checks it): the width first, then the height. The
+    official video model thresholds such resizes of binary masks at exactly the values (0.5) where
+    the last bit decides, so those paths need this rather than `resize_bilinear(antialias=True)`."""
+    h, w = (int(s) for s in size)
+    x = x.astype(jnp.float32)
+    if x.shape[2] != w:
+        x = _aa_axis(x, 2, w)
+    if x.shape[1] != h:
+        x = _aa_axis(x, 1, h)
+    return x

@@ -467,12 +467,12 @@ def build_memory_attention(cfg) -> "torch.nn.Module":
     return container.eval()
 
 
-def build_tracker(cfg) -> "torch.nn.Module":
+def build_tracker(cfg, *, memory_selection: bool = False) -> "torch.nn.Module":
     """The official tracker (`Sam3TrackerPredictor`) at the sizes of `cfg`, assembled exactly as
     `sam3.model_builder.build_tracker(apply_temporal_disambiguation=False)` assembles the released
     one (the image model's instance-interactivity tracker; the video model differs only by the
-    memory selection filter), from `build_memory_encoder` / `build_memory_attention`; no backbone
-    (it shares the detector's). State-dict keys are the checkpoint's without the `tracker.` prefix."""
+    memory selection filter, `memory_selection=True`), from `build_memory_encoder` /
+    `build_memory_attention`; no backbone (it shares the detector's). State-dict keys are the checkpoint's without the `tracker.` prefix."""
     from sam3.model.sam3_tracking_predictor import Sam3TrackerPredictor
 
     maskmem_backbone = build_memory_encoder(cfg).maskmem_backbone
@@ -491,7 +491,7 @@ def build_tracker(cfg) -> "torch.nn.Module":
                 "dynamic_multimask_stability_delta": 0.05,
                 "dynamic_multimask_stability_thresh": 0.98,
             },
-            clear_non_cond_mem_around_input=True, fill_hole_area=0, use_memory_selection=False,
+            clear_non_cond_mem_around_input=True, fill_hole_area=0, use_memory_selection=memory_selection,
         )
     return model.eval()
 

@@ -16,6 +16,16 @@ with validity masks and temporal positions), equal to `select_memory_frames` on 
     tracking in reverse), at distance |frame_idx - f|, and the non-conditioning or unselected
     conditioning frames at distance 1 .. min(num_frames, max_obj_ptrs_in_encoder) - 1.
 
+With `memory_selection` (the video model's tracker: the official `use_memory_selection`, a
+SAM2Long-style filter) the recent frames and pointers come instead from the official
+`frame_filter`: walking back from the current frame (frame 0 excluded when tracking forward), the
+nearest max_num - 1 non-conditioning frames whose stored `eff_score` exceeds `mf_threshold`
+(max_num = min(num_frames, max_obj_ptrs_in_encoder)), plus the adjacent frame whatever its
+score; ranked by nearness r = 1, 2, ... (the adjacent frame is r = 1), a frame is a spatial
+memory when r <= num_maskmem - 1 (t_pos = num_maskmem - r) and a pointer when r < the list's
+length (temporal distance r, not the frame distance). On the first frame in the tracking
+direction the list is empty.
+
 `add_memory` writes one frame's memory into a slot: the slot that already holds the frame, else a
 free slot, else the non-conditioning slot farthest behind in the tracking direction (it can no
 longer be chosen once it is farther back than both windows). Conditioning frames are never evicted;
@@ -47,7 +57,8 @@ class TrackMemory:
 
     features (B, K, g, g, mem_dim); obj_ptrs (B, K, C); frame (B, K) int32 (EMPTY when free);
     is_cond (B, K) bool; order (B, K) int32 insertion counter (ties of the conditioning-frame
-    choice); next_order (B,) int32."""
+    choice); next_order (B,) int32; eff_score (B, K) float32: the frame's memory-selection score
+    (official `eff_iou_score`; read only with `memory_selection`)."""
 
     features: jax.Array
     obj_ptrs: jax.Array
@@ -55,6 +66,7 @@ class TrackMemory:
     is_cond: jax.Array
     order: jax.Array
     next_order: jax.Array
+    eff_score: jax.Array
 
     @classmethod
     def empty(cls, batch: int, slots: int, grid: int, mem_dim: int, d_model: int, dtype: Any = jnp.float32):
@@ -65,6 +77,7 @@ class TrackMemory:
             is_cond=jnp.zeros((batch, slots), bool),
             order=jnp.zeros((batch, slots), jnp.int32),
             next_order=jnp.zeros((batch,), jnp.int32),
+            eff_score=jnp.zeros((batch, slots), jnp.float32),
         )
 
 
@@ -99,6 +112,8 @@ def memory_bank_at(
     max_cond_frames_in_attn: int,
     max_obj_ptrs_in_encoder: int,
     reverse: bool = False,
+    memory_selection: bool = False,
+    mf_threshold: float = 0.01,
 ) -> MemoryBank:
     """The `MemoryBank` the memory attention sees at `frame_idx` (a traced int is fine): the K
     slots as K spatial and K pointer slots, with the official choice as validity masks."""
@@ -108,22 +123,56 @@ def memory_bank_at(
     other = used & ~sel_cond  # non-conditioning frames and unselected conditioning frames
     sign = -1 if reverse else 1
     t_rel = (frame_idx - frame) * sign  # frames back in the tracking direction
-    recent = other & (t_rel >= 1) & (t_rel <= num_maskmem - 1)
-    spatial_valid = sel_cond | recent
-    tpos = jnp.where(sel_cond, 0, num_maskmem - t_rel).astype(jnp.int32)
     max_ptrs = jnp.minimum(num_frames, max_obj_ptrs_in_encoder)
+    if memory_selection:
+        rank, length = _filtered_ranks(memory, frame_idx, num_frames, t_rel, other, max_ptrs, mf_threshold,
+                                       reverse)
+        recent = other & (rank >= 1) & (rank <= num_maskmem - 1)
+        tpos_other = num_maskmem - rank
+        ptr_other = other & (rank >= 1) & (rank < length) & (rank <= max_ptrs - 1)
+        ptr_dist = rank
+    else:
+        recent = other & (t_rel >= 1) & (t_rel <= num_maskmem - 1)
+        tpos_other = num_maskmem - t_rel
+        ptr_other = other & (t_rel >= 1) & (t_rel <= max_ptrs - 1)
+        ptr_dist = t_rel
+    spatial_valid = sel_cond | recent
+    tpos = jnp.where(sel_cond, 0, tpos_other).astype(jnp.int32)
     ptr_cond = sel_cond & (t_rel >= 0)
-    ptr_other = other & (t_rel >= 1) & (t_rel <= max_ptrs - 1)
     ptr_valid = ptr_cond | ptr_other
     return MemoryBank(
         features=memory.features,
         tpos=jnp.where(spatial_valid, tpos, 0),
         valid=spatial_valid,
         obj_ptrs=memory.obj_ptrs,
-        ptr_tpos=jnp.where(ptr_valid, t_rel, 0).astype(jnp.float32),
+        ptr_tpos=jnp.where(ptr_valid, jnp.where(ptr_cond, t_rel, ptr_dist), 0).astype(jnp.float32),
         ptr_valid=ptr_valid,
         ptr_max_pos=jnp.asarray(max_ptrs, jnp.float32),
     )
+
+
+def _filtered_ranks(memory, frame_idx, num_frames, t_rel, other, max_num, threshold, reverse):
+    """The official `frame_filter` as ranks: (B, K) int32 rank of each slot in the filtered list
+    (1 = the adjacent frame; 0 = not in it) and (B,) the list's length."""
+    frame = memory.frame
+    frame_idx = jnp.asarray(frame_idx, jnp.int32)
+    first = (frame_idx == num_frames - 1) if reverse else (frame_idx == 0)
+    in_walk = (t_rel >= 1) & ((frame >= 1) if not reverse else (frame <= num_frames - 1))
+    cand = ~memory.is_cond & (frame != EMPTY) & in_walk & (memory.eff_score > threshold)
+    # the nearest max_num - 1 candidates (at least the first one the walk meets)
+    big = jnp.iinfo(jnp.int32).max
+    near = jnp.where(cand, t_rel, big)
+    cand_rank = jnp.sum(cand[:, None, :] & (near[:, None, :] < near[:, :, None]), axis=-1) + 1  # (B, K)
+    picked = cand & (cand_rank <= jnp.maximum(max_num - 1, 1))
+    adjacent = t_rel == 1
+    # the adjacent frame joins the list last (rank 1) unless the filter picked it already
+    shift = (~jnp.any(picked & adjacent, axis=-1, keepdims=True)).astype(jnp.int32)
+    rank = jnp.where(picked, cand_rank + shift, 0)
+    rank = jnp.where(other & adjacent & (shift == 1), 1, rank)
+    length = jnp.sum(picked, axis=-1) + shift[:, 0]
+    rank = jnp.where(first, 0, rank)
+    length = jnp.where(first, 0, length)
+    return rank.astype(jnp.int32), length[:, None].astype(jnp.int32)
 
 
 def add_memory(
@@ -134,9 +183,15 @@ def add_memory(
     is_cond: jax.Array,
     *,
     reverse: bool = False,
+    eff_score: jax.Array | None = None,
+    write: jax.Array | None = None,
+    evict_below: float | None = None,
 ) -> tuple[TrackMemory, jax.Array]:
     """Stores one frame's memory for every object: features (B, g, g, mem_dim), obj_ptr (B, C),
-    is_cond (B,) bool (or a scalar). Returns (new memory, dropped (B,) bool: no slot could take it,
+    is_cond (B,) bool (or a scalar), eff_score (B,) (memory selection; 0 if None), write (B,)
+    bool: which objects store (default all). evict_below: with memory selection, a full store
+    first evicts a non-conditioning frame whose score is at or below this threshold (the filter
+    can no longer pick it once a newer frame is adjacent), else the one farthest behind. Returns (new memory, dropped (B,) bool: no slot could take it,
     every slot holding a conditioning frame)."""
     b, k = memory.frame.shape
     is_cond = jnp.broadcast_to(jnp.asarray(is_cond, bool), (b,))
@@ -145,12 +200,18 @@ def add_memory(
     free = frame == EMPTY
     sign = -1 if reverse else 1
     behind = jnp.where(~memory.is_cond & ~free, (frame_idx - frame) * sign, jnp.iinfo(jnp.int32).min)
+    if evict_below is not None:  # frames the selection filter rejects go first (ranked by age too)
+        stale = ~memory.is_cond & ~free & (memory.eff_score <= evict_below)
+        behind = jnp.where(stale, behind + (1 << 24), behind)
     has_same, has_free = same.any(-1), free.any(-1)
     evictable = (~memory.is_cond & ~free).any(-1)
     slot = jnp.where(has_same, jnp.argmax(same, -1),
                      jnp.where(has_free, jnp.argmax(free, -1), jnp.argmax(behind, -1)))
     ok = has_same | has_free | evictable
+    if write is not None:
+        ok = ok & jnp.broadcast_to(jnp.asarray(write, bool), (b,))
     hit = (jnp.arange(k)[None] == slot[:, None]) & ok[:, None]  # (B, K)
+    score = jnp.zeros((b,), jnp.float32) if eff_score is None else jnp.broadcast_to(eff_score, (b,))
     # A conditioning frame written again keeps its place among the conditioning frames (an
     # official dict update); any other write counts as a new insertion.
     keep = hit & same & memory.is_cond & is_cond[:, None]
@@ -163,8 +224,10 @@ def add_memory(
         is_cond=jnp.where(hit, is_cond[:, None], memory.is_cond),
         order=order,
         next_order=memory.next_order + (ok & ~keep.any(-1)).astype(jnp.int32),
+        eff_score=jnp.where(hit, score[:, None].astype(jnp.float32), memory.eff_score),
     )
-    return new, ~ok
+    dropped = ~(has_same | has_free | evictable)
+    return new, dropped if write is None else dropped & jnp.broadcast_to(jnp.asarray(write, bool), (b,))
 
 
 def condition_step(params, cfg, sam2_backbone_out, memory: TrackMemory, frame_idx, *, mask=None, points=None,

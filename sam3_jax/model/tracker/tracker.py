@@ -423,6 +423,49 @@ def track_step(
     return nn.apply(body, Sam3Tracker(cfg))({"params": params})
 
 
+def encode_memory(params: Mapping[str, Any], cfg, sam2_backbone_out: Mapping[str, Sequence[jax.Array]],
+                  masks: jax.Array, object_score_logits: jax.Array, *, mask_from_points: bool = False,
+                  prescaled: bool = False) -> jax.Array:
+    """The memory encoder alone (official `_run_memory_encoder` -> `_encode_new_memory`) as a pure
+    function -> maskmem_features (B, g, g, mem_dim).
+
+    masks (B, 1, S, S) logits at any size S (resized to the encoder's input size as there;
+    binarised when mask_from_points, else through a sigmoid; then x20 - 10), or, with prescaled,
+    (B, h, w, 1) values already binarised or passed through the sigmoid and scaled (what the
+    encoder's mask path takes). object_score_logits (B, 1): where <= 0 `no_obj_embed_spatial` is
+    added."""
+
+    def body(module: Sam3Tracker):
+        frame = module.prepare_frame(sam2_backbone_out)
+        b = masks.shape[0]
+        pix = frame["pix_feat"]
+        if pix.shape[0] != b:
+            pix = jnp.broadcast_to(pix, (b,) + pix.shape[1:])
+        if not prescaled:
+            return module.encode_memory(pix, masks, object_score_logits,
+                                        mask_from_points=mask_from_points)["maskmem_features"]
+        feats = module.maskmem_backbone(pix, masks.astype(jnp.float32), skip_mask_sigmoid=True)["vision_features"]
+        absent = (object_score_logits <= 0).astype(feats.dtype)
+        return feats + absent[:, None, None, :] * module.no_obj_embed_spatial.reshape(1, 1, 1, -1).astype(feats.dtype)
+
+    return nn.apply(body, Sam3Tracker(cfg))({"params": params})
+
+
+def use_mask_as_output(params: Mapping[str, Any], cfg, sam2_backbone_out: Mapping[str, Sequence[jax.Array]],
+                       mask: jax.Array) -> dict[str, jax.Array]:
+    """Official `_use_mask_as_output` as a pure function: mask (B, H, W, 1) binary taken as the
+    output -> its object pointer (B, C) and object score logits (B, 1) (+-10 by emptiness)."""
+
+    def body(module: Sam3Tracker):
+        frame = module.prepare_frame(sam2_backbone_out)
+        b = mask.shape[0]
+        bc = lambda x: jnp.broadcast_to(x, (b,) + x.shape[1:]) if x.shape[0] != b else x  # noqa: E731
+        out = module.use_mask_as_output(bc(frame["pix_feat"]), tuple(bc(x) for x in frame["high_res"]), mask)
+        return {"obj_ptr": out["obj_ptr"], "object_score_logits": out["object_score_logits"]}
+
+    return nn.apply(body, Sam3Tracker(cfg))({"params": params})
+
+
 def init_tracker_params(cfg, key: jax.Array) -> dict[str, Any]:
     """Randomly initialised tracker params (unboxed)."""
     frame, bank = tracker_init_inputs(cfg)
