@@ -145,4 +145,5 @@ LOGICAL_AXIS_RULES = (
     ("width", None),
     ("act_embed", None),
     ("act_heads", "tensor"),
+    ("objects", ("data", "fsdp")),  # the video state's object slots
 )

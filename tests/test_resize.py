@@ -48,3 +48,26 @@ def test_resize_errors():
         resize_bilinear(jnp.zeros((4, 4)), (2, 2))
     with pytest.raises(ValueError, match="positive"):
         resize_nearest(jnp.zeros((1, 4, 4, 1)), (0, 2))
+
+
+@pytest.mark.parametrize("src,dst", [((256, 256), (224, 224)), ((1152, 1152), (1008, 1008)), ((256, 256), (200, 300)),
+                                     ((64, 64), (100, 100))])
+def test_exact_antialiased_resize_of_binary_masks(src, dst):
+    """`resize_bilinear_aa_exact` is torch's CPU antialiased bilinear bit for bit on binary masks
+    and on +-1024 maps of them, where thresholding at 0.5 / 0 hits exact ties (the official video
+    model's mask consolidation); `resize_bilinear(antialias=True)` flips some of those pixels."""
+    import jax
+
+    from sam3_jax.layers.resize import resize_bilinear_aa_exact
+
+    rng = np.random.default_rng(2)
+    yy, xx = np.mgrid[:src[0], :src[1]]
+    m = np.zeros(src, np.float32)
+    for _ in range(6):
+        cx, cy, r = rng.uniform(0, src[1]), rng.uniform(0, src[0]), rng.uniform(5, src[0] / 3)
+        m[(xx - cx) ** 2 + (yy - cy) ** 2 < r ** 2] = 1
+    x = np.stack([m, np.where(m > 0, 1024.0, -1024.0).astype(np.float32)])
+    ours = np.asarray(jax.jit(lambda v: resize_bilinear_aa_exact(v, dst))(x))
+    ref = F.interpolate(torch.from_numpy(x)[:, None], size=dst, mode="bilinear", align_corners=False,
+                        antialias=True)[:, 0].numpy()
+    assert np.array_equal(ours, ref)

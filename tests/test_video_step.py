@@ -31,22 +31,27 @@ def vcfg():
     return video_config_for_random_weights(**LOW)
 
 
-@pytest.fixture(scope="module", params=SEEDS)
-def official(request, tiny_cfg, vcfg):
+@pytest.fixture(scope="module")
+def zoo(tiny_cfg, vcfg):
+    """seed -> (official model, converted params, predictor), each built once."""
+    from sam3_jax.convert.convert import convert_image_model
     from sam3_jax.parity.oracle import state_dict_numpy
     from sam3_jax.parity.video import build_video_model
+    from sam3_jax.predict.video import Sam3VideoPredictor
 
-    model = build_video_model(tiny_cfg, request.param, vcfg)
-    return model, state_dict_numpy(model)
+    cache, reports = {}, {}
 
+    def get(seed):
+        if seed not in cache:
+            model = build_video_model(tiny_cfg, seed, vcfg)
+            params, report = convert_image_model(state_dict_numpy(model), tiny_cfg, tracker=True)
+            assert not report.pending
+            cache[seed] = (model, params, Sam3VideoPredictor(params, tiny_cfg, vcfg))
+            reports[seed] = report
+        return cache[seed]
 
-@pytest.fixture(scope="module")
-def params(official, tiny_cfg):
-    from sam3_jax.convert.convert import convert_image_model
-
-    params, report = convert_image_model(official[1], tiny_cfg, tracker=True)
-    assert not report.pending
-    return params
+    get.reports = reports
+    return get
 
 
 @pytest.fixture(scope="module")
@@ -56,13 +61,6 @@ def clip(tiny_cfg):
     src = SyntheticVideoSource("val", seed=1, num_frames=NUM_FRAMES, canvas=tiny_cfg.image_size, max_objects=4,
                                min_objects=3)
     return [np.asarray(f) for f in src[0]["frames"]]
-
-
-@pytest.fixture(scope="module")
-def predictor(params, tiny_cfg, vcfg):
-    from sam3_jax.predict.video import Sam3VideoPredictor
-
-    return Sam3VideoPredictor(params, tiny_cfg, vcfg)
 
 
 MARGIN = 1e-4  # a mask pixel may differ where an object's logit there is this close to 0
@@ -94,10 +92,12 @@ def _compare(ours, ref, what):
                                    err_msg=f"{what}: boxes")
 
 
-def test_forward_matches_official(official, predictor, clip):
+@pytest.mark.parametrize("seed", SEEDS)
+def test_forward_matches_official(zoo, clip, seed):
     from sam3_jax.parity.video import run_official
 
-    ref_first, ref = run_official(official[0], clip, TEXT)
+    official, _, predictor = zoo(seed)
+    ref_first, ref = run_official(official, clip, TEXT)
     first, ours = _ours(predictor, clip)
     _compare(first, ref_first, "add_prompt frame 0")
     assert sorted(ours) == sorted(ref) == list(range(NUM_FRAMES))
@@ -110,19 +110,57 @@ def test_forward_matches_official(official, predictor, clip):
     assert int(predictor._state.max_obj_id) + 1 > len(ref_first["obj_ids"])
 
 
-def test_step_compiles_once_per_clip(predictor, clip):
+@pytest.mark.parametrize("seed", SEEDS)
+def test_backward_matches_official(zoo, clip, seed):
+    """A prompt on the last frame, then propagation in reverse (the official `reverse=True`)."""
+    from sam3_jax.parity.video import run_official
+
+    official, _, predictor = zoo(seed)
+    last = NUM_FRAMES - 1
+    ref_first, ref = run_official(official, clip, TEXT, prompt_frame=last, reverse=True)
+    first, ours = _ours(predictor, clip, reverse=True, prompt_frame=last)
+    _compare(first, ref_first, f"add_prompt frame {last}")
+    assert sorted(ours) == sorted(ref) == list(range(last))
+    for f in range(last):
+        _compare(ours[f], ref[f], f"frame {f} (reverse)")
+
+
+def test_sharded_objects_equal_single_device(zoo, clip, tiny_cfg, vcfg):
+    """The state's object axis split over 8 (simulated) devices gives the same ids, scores, masks
+    and boxes as one device."""
+    from sam3_jax.parallel.mesh import make_mesh
+    from sam3_jax.predict.video import Sam3VideoPredictor
+
+    if len(jax.devices()) < 8:
+        pytest.skip("needs 8 devices (tests/conftest.py sets jax_num_cpu_devices=8)")
+    _, params, single = zoo(SEEDS[-1])
+    mesh = make_mesh({"data": 8, "fsdp": 1, "tensor": 1})
+    sharded = Sam3VideoPredictor(params, tiny_cfg, vcfg, mesh=mesh)
+    short = clip[:5]
+    ref_first, ref = _ours(single, short)
+    first, ours = _ours(sharded, short)
+    spec = sharded._state.obj_id.sharding.spec
+    assert spec[0] in ("data", ("data", "fsdp"), ("data",)), spec
+    _compare(first, ref_first, "sharded add_prompt")
+    for f in range(len(short)):
+        _compare(ours[f], ref[f], f"sharded frame {f}")
+
+
+def test_step_compiles_once_per_clip(zoo, clip):
     """add_prompt and a whole forward propagation of the 12-frame clip share one compiled step."""
+    predictor = zoo(SEEDS[-1])[2]
     predictor._step.clear_cache()
     _ours(predictor, clip)
     assert predictor._step._cache_size() == 1
 
 
-def test_capacity_overflow_is_counted(params, tiny_cfg, clip):
+def test_capacity_overflow_is_counted(zoo, tiny_cfg, clip):
     """With a single object slot, later new detections find no room: they are counted, the ids
     stay consecutive, never a crash."""
     from sam3_jax.parity.video import video_config_for_random_weights
     from sam3_jax.predict.video import Sam3VideoPredictor
 
+    params = zoo(SEEDS[0])[1]
     small = video_config_for_random_weights(**{**LOW, "max_objects": 1})
     p = Sam3VideoPredictor(params, tiny_cfg, small)
     p.start_session(clip)
@@ -132,9 +170,10 @@ def test_capacity_overflow_is_counted(params, tiny_cfg, clip):
     assert p.counts["births_dropped"] > 0
 
 
-def test_bad_input(predictor, clip, tmp_path):
+def test_bad_input(zoo, clip, tmp_path):
     from sam3_jax.predict.video import Sam3VideoPredictor
 
+    predictor = zoo(SEEDS[-1])[2]
     fresh = Sam3VideoPredictor(predictor.params, predictor.config, predictor.video_config)
     with pytest.raises(RuntimeError, match="start_session"):
         fresh.add_prompt(0, TEXT)
@@ -158,3 +197,47 @@ def test_bad_input(predictor, clip, tmp_path):
     with pytest.raises(ValueError, match="direction"):
         fresh.add_prompt(0, TEXT)
         next(fresh.propagate("sideways"))
+
+
+def test_predict_video_cli(zoo, clip, tiny_cfg, tmp_path, repo_root, python):
+    """`python -m sam3_jax.predict_video` on a folder of frames: frames.jsonl streamed, the video
+    results file that evaluate.py reads, an overlay GIF; bad input exits 1 with the reason."""
+    import json
+    import subprocess
+
+    from PIL import Image
+
+    from sam3_jax.convert.checkpoint import build_manifest, save_converted
+    from sam3_jax.formats.masks import rle_decode
+
+    _, params, _ = zoo(SEEDS[-1])
+    src = tmp_path / "source.txt"
+    src.write_text("official tiny video model (random weights)\n")
+    ckpt = tmp_path / "converted"
+    manifest = build_manifest(source=str(src), cfg=tiny_cfg, report=zoo.reports[SEEDS[-1]], dtype="float32",
+                              params=params)
+    save_converted(str(ckpt), params, manifest)
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for i, f in enumerate(clip[:4]):
+        Image.fromarray(f).save(frames / f"{i:05d}.png")
+    out = tmp_path / "out"
+    cmd = [python, "-m", "sam3_jax.predict_video", "--checkpoint", str(ckpt), "--video", str(frames),
+           "--text", TEXT, "--out", str(out), "--detection_threshold", "0", "--new_track_threshold", "0"]
+    r = subprocess.run(cmd, cwd=repo_root, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    lines = [json.loads(x) for x in (out / "frames.jsonl").read_text().splitlines()]
+    assert [ln["frame"] for ln in lines] == [0, 1, 2, 3]
+    assert any(ln["objects"] for ln in lines), "the lowered thresholds should give objects"
+    for ln in lines:
+        for o in ln["objects"]:
+            assert rle_decode(o["mask"]).sum() == o["area"] > 0
+    preds = json.loads((out / "predictions.json").read_text())
+    assert preds and {p["category_id"] for p in preds} == {1} and {p["video_id"] for p in preds} == {0}
+    assert all(len(p[k]) == 4 for p in preds for k in ("segmentations", "bboxes", "areas"))
+    ids = sorted({o["id"] for ln in lines for o in ln["objects"]})
+    assert len(preds) == len(ids)
+    assert Image.open(out / "overlay.gif").n_frames == 4
+    bad = subprocess.run(cmd[:5] + [str(tmp_path / "nope")] + cmd[6:], cwd=repo_root, capture_output=True,
+                         text=True, timeout=600)
+    assert bad.returncode == 1 and "no such folder" in bad.stderr

@@ -14,18 +14,22 @@ _PALETTE = np.array(
 )
 
 
-def overlay(image: np.ndarray, masks: np.ndarray, boxes: np.ndarray, scores: Sequence[float], *, alpha: float = 0.45):
-    """Draws masks (tinted), boxes and scores on an RGB uint8 image; returns a PIL image."""
+def overlay(image: np.ndarray, masks: np.ndarray, boxes: np.ndarray, scores: Sequence[float], *, alpha: float = 0.45,
+            color_ids: Sequence[int] | None = None):
+    """Draws masks (tinted), boxes and scores on an RGB uint8 image; returns a PIL image.
+    color_ids: a palette index per mask (e.g. object ids, for colours stable over video frames);
+    default: the mask's position."""
     from PIL import Image, ImageDraw
 
     canvas = np.asarray(image, dtype=np.float32).copy()
+    ids = list(range(len(masks))) if color_ids is None else [int(c) for c in color_ids]
     for i, m in enumerate(np.asarray(masks, dtype=bool)):
-        color = _PALETTE[i % len(_PALETTE)]
+        color = _PALETTE[ids[i] % len(_PALETTE)]
         canvas[m] = (1 - alpha) * canvas[m] + alpha * color
     pil = Image.fromarray(np.clip(canvas, 0, 255).astype(np.uint8))
     draw = ImageDraw.Draw(pil)
     for i, (box, score) in enumerate(zip(np.asarray(boxes), scores)):
-        color = tuple(int(c) for c in _PALETTE[i % len(_PALETTE)])
+        color = tuple(int(c) for c in _PALETTE[ids[i] % len(_PALETTE)])
         x0, y0, x1, y1 = (float(v) for v in box)
         draw.rectangle([x0, y0, x1, y1], outline=color, width=max(1, min(pil.size) // 200))
         draw.text((x0 + 2, y0 + 2), f"{score:.2f}", fill=color)

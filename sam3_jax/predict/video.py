@@ -18,6 +18,7 @@ already computed too (the last frames come out together at the end).
 from __future__ import annotations
 
 import functools
+import json
 import os
 from typing import Any, Iterator, Optional
 
@@ -90,11 +91,39 @@ def preprocess_frame(frame: np.ndarray, resolution: int) -> np.ndarray:
     return ((x - np.float32(0.5)) / np.float32(0.5))[None]
 
 
-class Sam3VideoPredictor:
-    def __init__(self, params: Any, model_config, video_config: Optional[VideoConfig] = None, *,
-                 tokenizer: Optional[ClipTokenizer] = None):
-        from sam3_jax.model.sam3_image import Sam3Image
+@functools.lru_cache(maxsize=8)
+def _compiled(cfg_json: str, vcfg: VideoConfig):
+    """The jitted text encoder and per-frame step of one (model config, video config): shared by
+    every predictor with those configs, so a new session or predictor does not compile again."""
+    import ml_collections
 
+    from sam3_jax.model.sam3_image import Sam3Image
+
+    cfg = ml_collections.ConfigDict(json.loads(cfg_json))
+    model = Sam3Image(cfg)
+
+    @jax.jit
+    def encode_text(params, tokens):
+        det_params = {k: v for k, v in params.items() if k != "tracker"}
+        return model.apply({"params": det_params}, tokens, method=Sam3Image.forward_text)
+
+    @functools.partial(jax.jit, static_argnames=("reverse", "video_hw"), donate_argnames=("state",))
+    def step(params, state, image, text_out, frame_idx, num_frames, allow_new, *, reverse, video_hw):
+        return video_step(params, cfg, vcfg, state, image, text_out, frame_idx, num_frames, allow_new,
+                          reverse=reverse, video_hw=video_hw)
+
+    return encode_text, step
+
+
+class Sam3VideoPredictor:
+    """mesh / rules: with a device mesh, the video state's object axis (logical name "objects")
+    is split over the mesh axes the rules give it (default `sam3_jax.config.LOGICAL_AXIS_RULES`:
+    data x fsdp); the compiled step then runs each device's objects there. Params are used as
+    given (replicated unless placed otherwise)."""
+
+    def __init__(self, params: Any, model_config, video_config: Optional[VideoConfig] = None, *,
+                 tokenizer: Optional[ClipTokenizer] = None, mesh: Optional[jax.sharding.Mesh] = None,
+                 rules: Optional[Any] = None):
         if "tracker" not in params:
             raise ValueError("video needs the tracker's params: convert the official checkpoint with its tracker")
         if not model_config.neck.add_sam2_neck:
@@ -104,21 +133,13 @@ class Sam3VideoPredictor:
         self.params = params
         self.tokenizer = tokenizer or ClipTokenizer()
         self.resolution = int(model_config.image_size)
-        cfg, vcfg = model_config, self.video_config
-        model = Sam3Image(cfg)
-        det_params = {k: v for k, v in params.items() if k != "tracker"}
+        self._encode_text, self._step = _compiled(model_config.to_json(), self.video_config)
+        self.mesh = mesh
+        if rules is None:
+            from sam3_jax.config import LOGICAL_AXIS_RULES
 
-        @jax.jit
-        def encode_text(tokens):
-            return model.apply({"params": det_params}, tokens, method=Sam3Image.forward_text)
-
-        @functools.partial(jax.jit, static_argnames=("reverse", "video_hw"), donate_argnames=("state",))
-        def step(params, state, image, text_out, frame_idx, num_frames, allow_new, *, reverse, video_hw):
-            return video_step(params, cfg, vcfg, state, image, text_out, frame_idx, num_frames, allow_new,
-                              reverse=reverse, video_hw=video_hw)
-
-        self._encode_text = encode_text
-        self._step = step
+            rules = LOGICAL_AXIS_RULES
+        self.rules = tuple(rules)
         self._frames: Optional[_Frames] = None
         self._text_out = None
         self._state: Optional[VideoState] = None
@@ -152,8 +173,24 @@ class Sam3VideoPredictor:
         """Forgets the prompt and every object (the frames stay)."""
         self._text_out = None
         # distinct buffers per leaf: the step donates the state
-        self._state = jax.tree.map(lambda x: jnp.array(x, copy=True), VideoState.empty(self.config, self.video_config))
+        state = jax.tree.map(lambda x: jnp.array(x, copy=True), VideoState.empty(self.config, self.video_config))
+        self._state = state if self.mesh is None else jax.device_put(state, self.state_shardings(state))
         self._removed = set()
+
+    def state_shardings(self, state: VideoState) -> Any:
+        """NamedShardings of the state over `self.mesh`: the object axis (every leaf's first axis of
+        size max_objects) on the mesh axes of the logical name "objects"; the rest replicated."""
+        from jax.sharding import NamedSharding
+
+        from sam3_jax.parallel.mesh import spec_for
+
+        n = self.video_config.max_objects
+
+        def one(x):
+            names = ("objects",) + (None,) * (x.ndim - 1) if x.ndim and x.shape[0] == n else (None,) * x.ndim
+            return NamedSharding(self.mesh, spec_for(names, x.shape, self.mesh, self.rules))
+
+        return jax.tree.map(one, state)
 
     def _require_session(self, method: str) -> None:
         if self._frames is None:
@@ -171,6 +208,8 @@ class Sam3VideoPredictor:
         self._state, out = self._step(self.params, self._state, image, self._text_out, jnp.int32(frame_idx),
                                       jnp.int32(len(self._frames)), jnp.asarray(allow_new), reverse=reverse,
                                       video_hw=tuple(int(v) for v in self._frames.hw))
+        if self.mesh is not None:  # keep the placement (one compiled step)
+            self._state = jax.device_put(self._state, self.state_shardings(self._state))
         out = jax.device_get(out)
         self._removed.update(int(i) for i in np.asarray(out["obj_id"])[np.asarray(out["removed"])])
         return out
@@ -185,7 +224,7 @@ class Sam3VideoPredictor:
             raise ValueError(f"text must be a non-empty string, got {text!r}")
         self.reset()
         tokens = self.tokenizer([text], context_length=int(self.config.text.context_length))
-        self._text_out = self._encode_text(jnp.asarray(tokens))
+        self._text_out = self._encode_text(self.params, jnp.asarray(tokens))
         self._prompt_frame = frame_idx
         out = self._run(frame_idx, reverse=False)
         return postprocess(out, self._removed, low_res=self.return_low_res)
