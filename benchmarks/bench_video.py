@@ -75,14 +75,13 @@ def main() -> None:
     if with_official:
         try:
             from sam3_jax.convert.convert import convert_image_model
-            from sam3_jax.parity.oracle import state_dict_numpy, torch
+            from sam3_jax.parity.oracle import state_dict_numpy
             from sam3_jax.parity.video import build_video_model, run_official
         except ImportError:
             with_official = False
     if with_official:
         official = build_video_model(cfg, args.seed, video_config_for_random_weights(**low, max_objects=max(caps)))
         params, _ = convert_image_model(state_dict_numpy(official), cfg, tracker=True)
-        torch.set_num_threads(torch.get_num_threads())
         run_official(official, clip[:2], text)  # warm-up
         t = time.perf_counter()
         _, ref = run_official(official, clip, text)

@@ -143,6 +143,7 @@ class Sam3VideoPredictor:
         self._frames: Optional[_Frames] = None
         self._text_out = None
         self._state: Optional[VideoState] = None
+        self._shardings = None  # the state's placement over `mesh`, fixed per session
         self._removed: set[int] = set()
         self.return_low_res = False  # also return each object's low-res mask logits ("low_res")
 
@@ -174,7 +175,8 @@ class Sam3VideoPredictor:
         self._text_out = None
         # distinct buffers per leaf: the step donates the state
         state = jax.tree.map(lambda x: jnp.array(x, copy=True), VideoState.empty(self.config, self.video_config))
-        self._state = state if self.mesh is None else jax.device_put(state, self.state_shardings(state))
+        self._shardings = None if self.mesh is None else self.state_shardings(state)
+        self._state = state if self.mesh is None else jax.device_put(state, self._shardings)
         self._removed = set()
 
     def state_shardings(self, state: VideoState) -> Any:
@@ -208,8 +210,8 @@ class Sam3VideoPredictor:
         self._state, out = self._step(self.params, self._state, image, self._text_out, jnp.int32(frame_idx),
                                       jnp.int32(len(self._frames)), jnp.asarray(allow_new), reverse=reverse,
                                       video_hw=tuple(int(v) for v in self._frames.hw))
-        if self.mesh is not None:  # keep the placement (one compiled step)
-            self._state = jax.device_put(self._state, self.state_shardings(self._state))
+        if self._shardings is not None:  # keep the placement (one compiled step)
+            self._state = jax.device_put(self._state, self._shardings)
         out = jax.device_get(out)
         self._removed.update(int(i) for i in np.asarray(out["obj_id"])[np.asarray(out["removed"])])
         return out

@@ -191,8 +191,8 @@ def add_memory(
     is_cond (B,) bool (or a scalar), eff_score (B,) (memory selection; 0 if None), write (B,)
     bool: which objects store (default all). evict_below: with memory selection, a full store
     first evicts a non-conditioning frame whose score is at or below this threshold (the filter
-    can no longer pick it once a newer frame is adjacent), else the one farthest behind. Returns (new memory, dropped (B,) bool: no slot could take it,
-    every slot holding a conditioning frame)."""
+    can no longer pick it once a newer frame is adjacent), else the one farthest behind. Returns
+    (new memory, dropped (B,) bool: no slot could take it, every slot holding a conditioning frame)."""
     b, k = memory.frame.shape
     is_cond = jnp.broadcast_to(jnp.asarray(is_cond, bool), (b,))
     frame = memory.frame

@@ -302,12 +302,11 @@ def track_frame(params: Mapping[str, Any], cfg, vcfg: VideoConfig, state: VideoS
     mem_score = jnp.where(born, given_score, trk_mem_score)
     feats = encode_memory(tparams, cfg, sam2_out, _nhwc(mem_in), mem_score[:, None], prescaled=True)
 
-    track_write = alive
     ptr = jnp.where(recond[:, None], given["obj_ptr"], trk_ptr)
     memory = _reset_rows(mem, born)
     memory, dropped_t = add_memory(memory, frame_idx, feats, jnp.where(born[:, None], given["obj_ptr"], ptr),
                                    revisit | rec_group | born, reverse=reverse,
-                                   eff_score=jnp.where(born, 0.0, eff), write=track_write | born,
+                                   eff_score=jnp.where(born, 0.0, eff), write=alive | born,
                                    evict_below=vcfg.mf_threshold if vcfg.memory_selection else None)
     # conditioning-frame outputs kept for a revisit
     new_cond_mask = jnp.where(born[:, None, None], birth_low,
