@@ -2,12 +2,14 @@
 `sam3_jax.data.synthetic.SyntheticSource`, moving over a fixed background.
 
 Deterministic in (seed, split, index), picklable, random access (`__len__`, `__getitem__`,
-`__repr__`) like the image source; `veval_gt` writes clips as SA-Co/VEval ground truth.
+`__repr__`) like the image source; `veval_gt` writes clips as SA-Co/VEval ground truth (and their
+frames as image files: `python -m sam3_jax.data` writes such a video evaluation set to disk).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Optional, Sequence
 
 import numpy as np
@@ -23,9 +25,22 @@ from sam3_jax.data.synthetic import (
 )
 from sam3_jax.formats.masks import encode_mask
 
-__all__ = ["SyntheticVideoSource"]
+__all__ = ["FRAME_FORMATS", "SyntheticVideoSource"]
 
 _VIDEO_DEFAULT_LEN = {"train": 100_000, "val": 64, "test": 128}
+FRAME_FORMATS = ("png", "jpg")  # how `veval_gt` can write frames
+
+
+def _write_frames(frames: np.ndarray, paths: Sequence[str]) -> None:
+    """(T, H, W, 3) uint8 -> one image file per frame (PNG, or JPEG at quality 95 by extension)."""
+    from PIL import Image
+
+    for frame, path in zip(frames, paths):
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        if path.endswith(".jpg"):
+            Image.fromarray(frame).save(path, quality=95)
+        else:
+            Image.fromarray(frame).save(path)
 
 
 class SyntheticVideoSource:
@@ -166,9 +181,17 @@ class SyntheticVideoSource:
             "video_id": np.int64(index),
         }
 
-    def veval_gt(self, indices: Optional[Sequence[int]] = None) -> dict:
+    def veval_gt(self, indices: Optional[Sequence[int]] = None, *, frame_dir: Optional[str] = None,
+                 frame_format: str = "png") -> dict:
         """SA-Co/VEval-format ground truth (one category per distinct phrase, video_np_pairs with
-        num_masklets = 0 for negatives) for the given clips (default: all)."""
+        num_masklets = 0 for negatives) for the given clips (default: all).
+
+        Each clip is a video named `{split}_{index:06d}` whose `file_names` are
+        `{video_name}/{t:03d}.{frame_format}`, relative to a frame root as SA-Co/VEval's are to its
+        JPEGImages folder. With `frame_dir`, the frames are written there under those names (PNG, or
+        JPEG at quality 95 for "jpg"), so that `frame_dir` is the root `evaluate.py --videos` reads."""
+        if frame_format not in FRAME_FORMATS:
+            raise ValueError(f"frame_format must be one of {FRAME_FORMATS}, got {frame_format!r}")
         indices = range(len(self)) if indices is None else indices
         videos, anns, pairs, cats = [], [], [], {}
         aid = 1
@@ -176,8 +199,12 @@ class SyntheticVideoSource:
             ex = self[i]
             T, S = self.num_frames, self.canvas
             vid = int(ex["video_id"]) + 1
-            videos.append({"id": vid, "video_name": f"{self.split}_{i:06d}", "height": S, "width": S, "length": T,
-                           "file_names": [f"{self.split}_{i:06d}/{t:03d}.png" for t in range(T)]})
+            name = f"{self.split}_{i:06d}"
+            file_names = [f"{name}/{t:03d}.{frame_format}" for t in range(T)]
+            if frame_dir is not None:
+                _write_frames(ex["frames"], [os.path.join(frame_dir, fn) for fn in file_names])
+            videos.append({"id": vid, "video_name": name, "height": S, "width": S, "length": T,
+                           "file_names": file_names})
             cid = cats.setdefault(ex["text"], len(cats) + 1)
             ks = np.flatnonzero(ex["matches"])
             for k in ks:

@@ -13,13 +13,19 @@ from sam3_jax.eval.cgf1 import IOU_THRESHOLDS, accumulate, evaluate_image, summa
 from sam3_jax.eval.coco import coco_ap
 from sam3_jax.eval.image_inputs import load_image_gt, load_image_predictions
 from sam3_jax.eval.input_checks import EvalInputError
-from sam3_jax.eval.prediction_writers import image_prediction_records, video_prediction_record, write_predictions
+from sam3_jax.eval.prediction_writers import (
+    VideoTrackWriter,
+    image_prediction_records,
+    video_prediction_record,
+    write_predictions,
+)
 from sam3_jax.eval.video import evaluate_phota, evaluate_video, evaluate_video_cgf1
 from sam3_jax.eval.video_inputs import load_video_gt, load_video_predictions
 
 __all__ = [
     "IOU_THRESHOLDS",
     "EvalInputError",
+    "VideoTrackWriter",
     "accumulate",
     "coco_ap",
     "evaluate_image",

@@ -5,10 +5,15 @@ format, read and validated.
   `bboxes` / `areas` (null where the object is absent) and `video_np_pairs[]`.
 * Predictions: `[{video_id, category_id, score, segmentations, bboxes, areas}]`, one record per
   track; masks are normalised to compressed RLE (`sam3_jax.formats.masks`).
+* What a predictor needs to produce them (`evaluate.py --checkpoint --videos`): the video-phrase
+  pairs to prompt (`video_prompts`) and each video's frame files (`video_frame_paths`: the GT's
+  `file_names`, relative to a frame root as SA-Co/VEval's are to its JPEGImages folder, else the
+  images of the folder named by `video_name`).
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -22,7 +27,13 @@ __all__ = [
     "load_video_gt",
     "validate_video_predictions",
     "load_video_predictions",
+    "video_prompts",
+    "video_frame_paths",
+    "FRAME_EXTENSIONS",
 ]
+
+# frame files a folder given without `file_names` is read from (name order)
+FRAME_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 
 # --------------------------------------------------------------------------------------------- ground truth
@@ -180,3 +191,107 @@ def _validate_video_predictions(preds: Any, gt: VideoGT, name: str) -> list[dict
 
 def load_video_predictions(path: str, gt: VideoGT) -> list[dict]:
     return validate_video_predictions(load_json(path, "predictions file"), gt, str(path))
+
+
+# --------------------------------------------------------------------------------------------- predictor inputs
+def _phrase_tables(gt: VideoGT) -> tuple[dict, dict]:
+    """({(video_id, category_id): noun_phrase} from video_np_pairs, {category_id: name})."""
+    by_pair = {}
+    for p in gt.raw.get("video_np_pairs") or []:
+        if isinstance(p.get("noun_phrase"), str):
+            by_pair[(int(p["video_id"]), int(p["category_id"]))] = p["noun_phrase"]
+    names = {}
+    cats = gt.raw.get("categories")
+    if isinstance(cats, list):
+        for c in cats:
+            if isinstance(c, dict) and is_int(c.get("id")) and isinstance(c.get("name"), str):
+                names[int(c["id"])] = c["name"]
+    for a in gt.anns:  # annotations may carry the phrase too
+        if isinstance(a.get("noun_phrase"), str):
+            by_pair.setdefault((a["video_id"], a["category_id"]), a["noun_phrase"])
+    return by_pair, names
+
+
+def video_prompts(gt: VideoGT) -> list[tuple[int, int, str]]:
+    """The (video_id, category_id, noun phrase) pairs a predictor is prompted with: every
+    `video_np_pairs` entry (positives and negatives, file order), then any pair that only the
+    annotations name (all of them, sorted, when the file has no video_np_pairs). The phrase is the
+    pair's `noun_phrase`, else its category's `name`; EvalInputError when neither is there."""
+    pairs = list(dict.fromkeys(gt.np_pairs or []))
+    seen = set(pairs)
+    for key in sorted({(a["video_id"], a["category_id"]) for a in gt.anns}):
+        if key not in seen:
+            seen.add(key)
+            pairs.append(key)
+    by_pair, names = _phrase_tables(gt)
+    out = []
+    for vid, cid in pairs:
+        text = by_pair.get((vid, cid), names.get(cid))
+        if not isinstance(text, str) or not text.strip():
+            raise EvalInputError(f"{gt.path}: no noun phrase for video {vid}, category {cid} (needs a 'noun_phrase' "
+                                 "in video_np_pairs or a category 'name')")
+        out.append((vid, cid, text.strip()))
+    return out
+
+
+def video_frame_paths(gt: VideoGT, videos_dir: str, video_ids: Optional[list] = None) -> dict[int, list[str]]:
+    """{video_id: its frame files} under `videos_dir`, in frame order, for `video_ids` (default: all).
+
+    A video with `file_names` has exactly those frames, relative to `videos_dir` (as SA-Co/VEval's
+    are to its JPEGImages folder); one without has the image files of `videos_dir/<video_name>` in
+    name order, as many as its `length`. Each video's first frame must have the GT's height x width.
+    EvalInputError naming the missing folder or frame, or the mismatch."""
+    if not os.path.isdir(videos_dir):
+        raise EvalInputError(f"video directory not found: {videos_dir}")
+    out = {}
+    for vid in (sorted(gt.videos) if video_ids is None else video_ids):
+        v = gt.videos[vid]
+        label = f"video id {vid}" + (f" ({v['video_name']!r})" if isinstance(v.get("video_name"), str) else "")
+        fns = v.get("file_names")
+        if isinstance(fns, list) and fns:
+            out[vid] = _listed_frames(fns, videos_dir, label, gt.path)
+        else:
+            out[vid] = _folder_frames(v, videos_dir, label, gt.path)
+        _check_frame_size(out[vid][0], v["height"], v["width"], label, gt.path)
+    return out
+
+
+def _listed_frames(file_names: list, videos_dir: str, label: str, gt_path: str) -> list[str]:
+    paths = []
+    for t, fn in enumerate(file_names):
+        if not isinstance(fn, str) or not fn:
+            raise EvalInputError(f"{gt_path}: {label}: file_names[{t}] must be a non-empty string, got {fn!r}")
+        p = os.path.join(videos_dir, fn)
+        if not os.path.isfile(p):
+            folder = os.path.dirname(p)
+            if not os.path.isdir(folder):
+                raise EvalInputError(f"video folder not found: {folder} ({label} of {gt_path})")
+            raise EvalInputError(f"frame file not found: {p} (file_names[{t}] of {label} in {gt_path})")
+        paths.append(p)
+    return paths
+
+
+def _folder_frames(video: dict, videos_dir: str, label: str, gt_path: str) -> list[str]:
+    name = video.get("video_name")
+    if not isinstance(name, str) or not name:
+        raise EvalInputError(f"{gt_path}: {label} has neither 'file_names' nor a 'video_name' naming its folder")
+    folder = os.path.join(videos_dir, name)
+    if not os.path.isdir(folder):
+        raise EvalInputError(f"video folder not found: {folder} ({label} of {gt_path})")
+    files = sorted(f for f in os.listdir(folder) if f.lower().endswith(FRAME_EXTENSIONS))
+    if len(files) != video["_T"]:
+        raise EvalInputError(f"video folder {folder} holds {len(files)} frame files but {gt_path} gives {label} "
+                             f"{video['_T']} frames")
+    return [os.path.join(folder, f) for f in files]
+
+
+def _check_frame_size(path: str, height: int, width: int, label: str, gt_path: str) -> None:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+    except OSError as e:
+        raise EvalInputError(f"cannot read frame {path}: {e}") from None
+    if (h, w) != (height, width):
+        raise EvalInputError(f"frame {path} is {h}x{w} (HxW) but {gt_path} says {height}x{width} for {label}")
