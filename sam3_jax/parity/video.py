@@ -116,3 +116,36 @@ def video_config_for_random_weights(**kw) -> VideoConfig:
     merge = dataclasses.replace(MergeConfig(), **{k: v for k, v in kw.items() if hasattr(MergeConfig, k)})
     rest = {k: v for k, v in kw.items() if not hasattr(MergeConfig, k)}
     return VideoConfig(merge=merge, **rest)
+
+
+def run_official_session(model, frames: Sequence[np.ndarray], actions: Sequence[tuple]) -> list:
+    """Drives one official session through `actions`, in order, and returns one result per action:
+
+      ("text", frame, text)                    add_prompt(frame, text_str=text) -> that frame's outputs
+      ("points", frame, obj_id, points, labels) add_prompt(frame, points=, point_labels=, obj_id=)
+                                               (points relative to the frame, as the official default)
+                                               -> that frame's outputs
+      ("propagate", start_frame, reverse)      propagate_in_video -> {frame: outputs}
+    """
+    from PIL import Image
+
+    results = []
+    with cuda_to_cpu(), torch.inference_mode(), empty_batch_components():
+        state = model.init_state([Image.fromarray(np.asarray(f)) for f in frames])
+        for act in actions:
+            kind = act[0]
+            if kind == "text":
+                _, out = model.add_prompt(state, act[1], text_str=act[2])
+                results.append(_outputs(out))
+            elif kind == "points":
+                _, frame, obj_id, points, labels = act
+                _, out = model.add_prompt(state, frame, points=torch.tensor(np.asarray(points, np.float32)),
+                                          point_labels=torch.tensor(np.asarray(labels, np.int32)), obj_id=obj_id)
+                results.append(_outputs(out))
+            elif kind == "propagate":
+                _, start, reverse = act
+                results.append({int(f): _outputs(o) for f, o in model.propagate_in_video(
+                    state, start_frame_idx=start, reverse=reverse)})
+            else:
+                raise ValueError(f"unknown action {kind!r}")
+    return results

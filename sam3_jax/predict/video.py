@@ -17,8 +17,11 @@ already computed too (the last frames come out together at the end).
 
 from __future__ import annotations
 
+import collections
+import dataclasses
 import functools
 import json
+import logging
 import os
 from typing import Any, Iterator, Optional
 
@@ -28,7 +31,8 @@ import numpy as np
 
 from sam3_jax.formats.image import resize_uint8, to_uint8_rgb
 from sam3_jax.model.tokenizer import ClipTokenizer
-from sam3_jax.model.video.step import VideoConfig, VideoState, postprocess, video_step
+from sam3_jax.model.video import interact
+from sam3_jax.model.video.step import NO_OBJ_SCORE, VideoConfig, VideoState, postprocess, video_step
 
 _IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
@@ -91,6 +95,17 @@ def preprocess_frame(frame: np.ndarray, resolution: int) -> np.ndarray:
     return ((x - np.float32(0.5)) / np.float32(0.5))[None]
 
 
+@dataclasses.dataclass(frozen=True)
+class _Compiled:
+    encode_text: Any
+    step: Any
+    encode_frame: Any
+    click: Any
+    commit: Any
+    click_mask: Any
+    partial: Any
+
+
 @functools.lru_cache(maxsize=8)
 def _compiled(cfg_json: str, vcfg: VideoConfig):
     """The jitted text encoder and per-frame step of one (model config, video config): shared by
@@ -112,7 +127,32 @@ def _compiled(cfg_json: str, vcfg: VideoConfig):
         return video_step(params, cfg, vcfg, state, image, text_out, frame_idx, num_frames, allow_new,
                           reverse=reverse, video_hw=video_hw)
 
-    return encode_text, step
+    @jax.jit
+    def encode_frame(params, image):
+        det_params = {k: v for k, v in params.items() if k != "tracker"}
+        return model.apply({"params": det_params}, image, method=Sam3Image.forward_image)["sam2_backbone_out"]
+
+    @functools.partial(jax.jit, static_argnames=("multimask_output",))
+    def click(params, sam2_out, points, labels, prev_low, *, multimask_output):
+        return interact.click_output(params, cfg, sam2_out, points, labels, prev_low,
+                                     multimask_output=multimask_output)
+
+    @functools.partial(jax.jit, donate_argnames=("state",))
+    def commit(params, state, sam2_out, frame_idx, slot, click_out, stored_low, stored_score, has_stored):
+        return interact.commit_click(params, cfg, state, sam2_out, frame_idx, slot, click_out, stored_low,
+                                     stored_score, has_stored)
+
+    @functools.partial(jax.jit, static_argnames=("video_hw",))
+    def click_mask(low, *, video_hw):
+        return interact.click_video_mask(low, video_hw, vcfg.fill_hole_area)
+
+    @functools.partial(jax.jit, static_argnames=("reverse", "video_hw"), donate_argnames=("state",))
+    def partial(params, state, sam2_out, frame_idx, num_frames, active, stored_low, stored_score, *, reverse,
+                video_hw):
+        return interact.track_partial(params, cfg, vcfg, state, sam2_out, frame_idx, num_frames, active, stored_low,
+                                      stored_score, reverse=reverse, video_hw=video_hw)
+
+    return _Compiled(encode_text, step, encode_frame, click, commit, click_mask, partial)
 
 
 class Sam3VideoPredictor:
@@ -133,7 +173,8 @@ class Sam3VideoPredictor:
         self.params = params
         self.tokenizer = tokenizer or ClipTokenizer()
         self.resolution = int(model_config.image_size)
-        self._encode_text, self._step = _compiled(model_config.to_json(), self.video_config)
+        self._fns = _compiled(model_config.to_json(), self.video_config)
+        self._encode_text, self._step = self._fns.encode_text, self._fns.step
         self.mesh = mesh
         if rules is None:
             from sam3_jax.config import LOGICAL_AXIS_RULES
@@ -171,13 +212,19 @@ class Sam3VideoPredictor:
         return len(self._frames)
 
     def reset(self) -> None:
-        """Forgets the prompt and every object (the frames stay)."""
+        """Forgets the prompt, every object and every cached output (the frames stay)."""
         self._text_out = None
         # distinct buffers per leaf: the step donates the state
         state = jax.tree.map(lambda x: jnp.array(x, copy=True), VideoState.empty(self.config, self.video_config))
         self._shardings = None if self.mesh is None else self.state_shardings(state)
         self._state = state if self.mesh is None else jax.device_put(state, self._shardings)
         self._removed = set()
+        self._prompt_frame: Optional[int] = None
+        # the official session's host-side records (`Sam3VideoInferenceWithInstanceInteractivity`)
+        self._actions: list[tuple[str, Optional[int], Optional[list[int]]]] = []  # action_history
+        self._done: set[int] = set()  # frames with outputs (previous_stages_out)
+        self._cache = _OutputCache()
+        self._features: dict[int, Any] = {}  # the latest frame's tracker features
 
     def state_shardings(self, state: VideoState) -> Any:
         """NamedShardings of the state over `self.mesh`: the object axis (every leaf's first axis of
@@ -205,16 +252,47 @@ class Sam3VideoPredictor:
             raise IndexError(f"frame_idx {frame_idx} is out of range for a video of {len(self._frames)} frames")
         return int(frame_idx)
 
+    @property
+    def _video_hw(self) -> tuple[int, int]:
+        return tuple(int(v) for v in self._frames.hw)
+
+    def _image(self, frame_idx: int) -> jax.Array:
+        return jnp.asarray(preprocess_frame(self._frames[frame_idx], self.resolution))
+
+    def _put(self, state: VideoState) -> VideoState:
+        return state if self._shardings is None else jax.device_put(state, self._shardings)
+
+    def _frame_features(self, frame_idx: int) -> Any:
+        """The tracker neck's features of a frame (clicks, tracker-only propagation); the latest two
+        frames are kept."""
+        if frame_idx not in self._features:
+            if len(self._features) >= 2:
+                self._features.pop(next(iter(self._features)))
+            self._features[frame_idx] = self._fns.encode_frame(self.params, self._image(frame_idx))
+        return self._features[frame_idx]
+
     def _run(self, frame_idx: int, reverse: bool, allow_new: bool = True) -> dict:
-        image = jnp.asarray(preprocess_frame(self._frames[frame_idx], self.resolution))
-        self._state, out = self._step(self.params, self._state, image, self._text_out, jnp.int32(frame_idx),
-                                      jnp.int32(len(self._frames)), jnp.asarray(allow_new), reverse=reverse,
-                                      video_hw=tuple(int(v) for v in self._frames.hw))
-        if self._shardings is not None:  # keep the placement (one compiled step)
-            self._state = jax.device_put(self._state, self._shardings)
+        self._state, out = self._step(self.params, self._state, self._image(frame_idx), self._text_out,
+                                      jnp.int32(frame_idx), jnp.int32(len(self._frames)), jnp.asarray(allow_new),
+                                      reverse=reverse, video_hw=self._video_hw)
+        self._state = self._put(self._state)  # keep the placement (one compiled step)
         out = jax.device_get(out)
-        self._removed.update(int(i) for i in np.asarray(out["obj_id"])[np.asarray(out["removed"])])
+        removed = np.asarray(out["obj_id"])[np.asarray(out["removed"])]
+        self._removed.update(int(i) for i in removed)
+        self._cache.record_step(frame_idx, out, keep_low_res=self.return_low_res)
+        for i in removed:  # the official tracker drops a removed object's outputs
+            self._cache.forget_tracker_outputs(int(i))
+        self._done.add(frame_idx)
         return out
+
+    def _slot(self, obj_id: int) -> Optional[int]:
+        ids, alive = np.asarray(self._state.obj_id), np.asarray(self._state.alive)
+        hit = np.flatnonzero(alive & (ids == obj_id))
+        return int(hit[0]) if len(hit) else None
+
+    def _live_ids(self) -> list[int]:
+        ids, alive = np.asarray(self._state.obj_id), np.asarray(self._state.alive)
+        return sorted(int(i) for i in ids[alive])
 
     # ------------------------------------------------------------------ prompts
     def add_prompt(self, frame_idx: int, text: str) -> dict:
@@ -231,38 +309,187 @@ class Sam3VideoPredictor:
         out = self._run(frame_idx, reverse=False)
         return postprocess(out, self._removed, low_res=self.return_low_res)
 
-    def remove_object(self, obj_id: int) -> None:
-        """Stops tracking an object (its slot is freed; its id is not reused)."""
-        self._require_session("remove_object")
+    def add_points(self, frame_idx: int, obj_id: int, points: Any, labels: Any, *, normalized: bool = True) -> dict:
+        """Clicks on one object on any frame: refines a tracked object, or adds a new one under a new
+        obj_id. points (P, 2) as (x, y), relative to the frame's width and height when normalized
+        (default), else in the frame's pixels; labels (P,) 1 positive, 0 negative (2 / 3: the
+        corners of a box, as `add_box` gives them). The clicks replace earlier ones on that frame.
+        Returns the frame's objects; the next `propagate` runs the tracker for the clicked objects
+        (and the objects born with them) and merges them into the other objects' outputs."""
+        self._require_session("add_points")
+        frame_idx = self._check_frame(frame_idx)
+        obj_id = _check_obj_id(obj_id)
+        pts = np.asarray(points, np.float64)
+        lab = np.asarray(labels)
+        if pts.ndim != 2 or pts.shape[1] != 2 or len(pts) == 0:
+            raise ValueError(f"points must be a non-empty (P, 2) array of (x, y), got shape {pts.shape}")
+        if lab.shape != (len(pts),) or not np.isin(lab, (0, 1, 2, 3)).all():
+            raise ValueError(f"labels must be {len(pts)} values in {{0, 1, 2, 3}}, got {lab.tolist()}")
+        if not np.isfinite(pts).all():
+            raise ValueError("points must be finite")
+        return self._click(frame_idx, obj_id, pts, lab.astype(np.int32), normalized)
+
+    def add_box(self, frame_idx: int, obj_id: int, box: Any, *, normalized: bool = True) -> dict:
+        """A box (x0, y0, x1, y1) on one object on any frame (relative to the frame's size when
+        normalized, else in its pixels): the official tracker's box prompt, its two corners as
+        points with labels 2 and 3. Otherwise as `add_points`."""
+        b = np.asarray(box, np.float64).reshape(-1)
+        if b.shape != (4,) or not np.isfinite(b).all() or b[2] < b[0] or b[3] < b[1]:
+            raise ValueError(f"box must be (x0, y0, x1, y1) with x1 >= x0 and y1 >= y0, got {np.asarray(box).tolist()}")
+        return self.add_points(frame_idx, obj_id, b.reshape(2, 2), np.array([2, 3], np.int32), normalized=normalized)
+
+    def _click(self, frame_idx: int, obj_id: int, pts: np.ndarray, lab: np.ndarray, normalized: bool) -> dict:
+        h, w = self._video_hw
+        r = self.resolution
+        scale = np.array([r, r]) if normalized else np.array([r / w, r / h])
+        pts = (pts * scale).astype(np.float32)
+        cap = interact.MAX_PROMPT_POINTS
+        if len(pts) > cap:  # the official keeps the first and last halves
+            logging.warning("%d points on frame %d: only the first %d and the last %d are used", len(pts), frame_idx,
+                            cap // 2, cap - cap // 2)
+            keep = np.r_[np.arange(cap // 2), np.arange(len(pts) - (cap - cap // 2), len(pts))]
+            pts, lab = pts[keep], lab[keep]
+        slot = self._slot(obj_id)
+        new = slot is None
+        if new:
+            free = np.flatnonzero(~np.asarray(self._state.alive))
+            if len(free) == 0:
+                raise RuntimeError(f"cannot add object {obj_id}: all {self.video_config.max_objects} object slots are "
+                                   f"in use (raise VideoConfig.max_objects or remove an object)")
+            slot = int(free[0])
+            self._state = self._put(interact.new_object(self._state, slot, obj_id))
+            self._cache.new_object(obj_id)
+        sam2 = self._frame_features(frame_idx)
+        prev = None if new else self._cache.raw.get(frame_idx, {}).get(obj_id)
+        prev_low = None if prev is None else jnp.asarray(prev[0])[None]
+        click = self._fns.click(self.params, sam2, jnp.asarray(pts)[None], jnp.asarray(lab)[None], prev_low,
+                                multimask_output=len(lab) <= 1)
+        stored_low, stored_score, has_stored = self._stored(frame_idx)
+        self._state, members = self._fns.commit(self.params, self._state, sam2, jnp.int32(frame_idx), jnp.int32(slot),
+                                                click, stored_low, stored_score, has_stored)
+        self._state = self._put(self._state)
+        members = np.asarray(members)
         ids = np.asarray(self._state.obj_id)
-        alive = np.asarray(self._state.alive)
-        hit = np.flatnonzero(alive & (ids == obj_id))
-        if len(hit) == 0:
-            raise KeyError(f"unknown obj_id {obj_id}; live objects: {sorted(ids[alive].tolist())}")
-        self._state = self._state.replace(alive=self._state.alive.at[int(hit[0])].set(False),
-                                          obj_id=self._state.obj_id.at[int(hit[0])].set(-1))
+        mates = [int(i) for i in ids[members] if int(i) != obj_id]
+        low = np.asarray(click["low"])
+        c = self._cache
+        c.set_raw(frame_idx, obj_id, low, float(click["score"]))
+        for i in mates:  # consolidation gives an object without an output here an absent one
+            if i not in c.raw.get(frame_idx, {}):
+                c.set_raw(frame_idx, i, np.full_like(low, NO_OBJ_SCORE), 10.0)
+        c.point_frames[obj_id].add(frame_idx)
+        c.mask_frames[obj_id].discard(frame_idx)
+        if len(mates) == 0:
+            self._clear_around(obj_id, slot, frame_idx)
+        # detector-given conditioning frames near the click stop conditioning the group
+        window = self.video_config.refinement_cond_frame_window
+        near = sorted(f for f in c.mask_frames[obj_id]
+                      if f not in c.point_frames[obj_id] and abs(f - frame_idx) <= window)
+        if near:
+            for i in [obj_id] + mates:
+                c.mask_frames[i].difference_update(near)
+                c.point_frames[i].difference_update(near)
+            self._state = self._put(interact.downgrade_frames(self._state, jnp.asarray(members),
+                                                              jnp.asarray(near, jnp.int32)))
+        c.obj_score[obj_id] = 1.0
+        c.tscore.setdefault(frame_idx, {})[obj_id] = 1.0
+        for hidden in c.suppressed.values():
+            hidden.discard(obj_id)
+        self._removed.discard(obj_id)
+        self._actions.append(("add" if new else "refine", frame_idx, [obj_id]))
+        mask = np.asarray(self._fns.click_mask(click["low"], video_hw=self._video_hw))
+        c.update_masks(frame_idx, {obj_id: mask}, {obj_id: low} if self.return_low_res else None)
+        return self._cached_output(frame_idx)
+
+    def _stored(self, frame_idx: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """The tracker outputs kept for a frame, over the slots: low-res logits, object scores, whether kept."""
+        n, low = self.video_config.max_objects, 4 * (self.resolution // self.config.vit.patch_size)
+        stored_low = np.zeros((n, low, low), np.float32)
+        stored_score = np.zeros((n,), np.float32)
+        has = np.zeros((n,), bool)
+        raw = self._cache.raw.get(frame_idx, {})
+        ids, alive = np.asarray(self._state.obj_id), np.asarray(self._state.alive)
+        for r in np.flatnonzero(alive):
+            e = raw.get(int(ids[r]))
+            if e is not None:
+                stored_low[r], stored_score[r], has[r] = e[0], e[1], True
+        return jnp.asarray(stored_low), jnp.asarray(stored_score), jnp.asarray(has)
+
+    def _clear_around(self, obj_id: int, slot: int, frame_idx: int) -> None:
+        """Official `_clear_non_cond_mem_around_input` (objects tracked alone): the object's kept
+        non-conditioning outputs within num_maskmem frames of a conditioning frame are dropped
+        (a later click there gets no previous mask)."""
+        mem = self._state.memory
+        frames, is_cond = np.asarray(mem.frame[slot]), np.asarray(mem.is_cond[slot])
+        cond = set(int(f) for f in frames[is_cond])
+        k = int(self.config.tracker.num_maskmem)
+        for t in range(frame_idx - k, frame_idx + k + 1):
+            if t not in cond:
+                self._cache.raw.get(t, {}).pop(obj_id, None)
+
+    def remove_object(self, obj_id: int) -> None:
+        """Stops tracking an object (its slot is freed; its id is not reused by detections) and drops
+        it from the cached outputs."""
+        self._require_session("remove_object")
+        slot = self._slot(obj_id)
+        if slot is None:
+            raise KeyError(f"unknown obj_id {obj_id}; live objects: {self._live_ids()}")
+        self._state = self._put(self._state.replace(alive=self._state.alive.at[slot].set(False),
+                                                    obj_id=self._state.obj_id.at[slot].set(-1)))
         self._removed.add(int(obj_id))
+        self._cache.forget(int(obj_id))
+        self._actions.append(("remove", None, [int(obj_id)]))
 
     # ------------------------------------------------------------------ propagation
     def propagate(self, direction: str = "forward", start_frame: Optional[int] = None,
                   max_frames: Optional[int] = None) -> Iterator[tuple[int, dict]]:
         """Yields (frame_idx, {"obj_ids", "scores", "boxes_xywh" (normalised), "masks" (N, H, W)
-        bool}) for each frame from start_frame (default: the prompted frame) in `direction`
-        ("forward", "backward" or "both": forward, then backward from start_frame - 1)."""
+        bool}) for each frame from start_frame (default: the first frame with outputs, i.e. the
+        prompted one) in `direction` ("forward", "backward" or "both": forward, then backward from
+        start_frame - 1).
+
+        As the official session decides from its action history: the first propagation after a
+        prompt (and the second, the other way) detects and tracks every object; after clicks, the
+        next one or two run the tracker only for the clicked objects and merge them into the other
+        objects' cached outputs; otherwise the cached outputs are returned."""
         self._require_session("propagate")
-        if self._text_out is None:
-            raise RuntimeError("call add_prompt(frame_idx, text=...) before propagate()")
+        if not self._done and not self._actions:
+            raise RuntimeError("call add_prompt(frame_idx, text=...) or add_points(...) before propagate()")
         if direction not in ("forward", "backward", "both"):
             raise ValueError(f"direction must be 'forward', 'backward' or 'both', got {direction!r}")
-        start = self._prompt_frame if start_frame is None else self._check_frame(start_frame)
+        start = None if start_frame is None else self._check_frame(start_frame)
+        if start is None and not self._done:
+            raise RuntimeError("no frame has outputs yet: give start_frame")
         if max_frames is not None and (not isinstance(max_frames, int) or max_frames < 0):
             raise ValueError(f"max_frames must be a non-negative int or None, got {max_frames!r}")
-        if direction in ("forward", "both"):
-            yield from self._propagate(start, max_frames, reverse=False)
-        if direction in ("backward", "both"):
-            yield from self._propagate(start, max_frames, reverse=True)
+        for reverse in {"forward": (False,), "backward": (True,), "both": (False, True)}[direction]:
+            yield from self._propagate_once(start, max_frames, reverse)
 
-    def _propagate(self, start: int, max_frames: Optional[int], reverse: bool) -> Iterator[tuple[int, dict]]:
+    def _next_propagation(self) -> tuple[str, Optional[list[int]]]:
+        """The official `parse_action_history_for_propagation`."""
+        acts = self._actions
+        if not acts:
+            return "full", None
+        kind, frame, ids = acts[-1]
+        if kind in ("full", "partial", "fetch"):
+            if kind == "fetch":
+                return "fetch", None
+            if (len(acts) > 1 and acts[-2][0] in ("full", "partial")) or frame in (0, len(self._frames) - 1):
+                return "fetch", None
+            return kind, ids
+        clicked: list[int] = []
+        for kind, _, ids in reversed(acts):
+            if kind in ("full", "partial", "fetch"):
+                break
+            if kind in ("add", "refine"):
+                clicked += ids
+        return ("partial", sorted(set(clicked))) if clicked else ("fetch", None)
+
+    def _propagate_once(self, start_arg: Optional[int], max_frames: Optional[int],
+                        reverse: bool) -> Iterator[tuple[int, dict]]:
+        kind, ids = self._next_propagation()
+        self._actions.append((kind, start_arg, ids))
+        start = min(self._done) if start_arg is None else start_arg
         n = len(self._frames)
         count = n if max_frames is None else max_frames
         if reverse:
@@ -271,6 +498,17 @@ class Sam3VideoPredictor:
         else:
             end = min(start + count, n - 1)
             order = range(start, end + 1)
+        if kind == "full":
+            if self._text_out is None:
+                raise RuntimeError("call add_prompt(frame_idx, text=...) before propagate()")
+            yield from self._propagate_full(order, end, reverse)
+        elif kind == "partial":
+            yield from self._propagate_partial(order, ids, reverse)
+        else:
+            for f in order:
+                yield f, self._cached_output(f)
+
+    def _propagate_full(self, order: range, end: int, reverse: bool) -> Iterator[tuple[int, dict]]:
         delay = self.video_config.merge.hotstart_delay
         buffer: list[tuple[int, dict]] = []
         for frame_idx in order:
@@ -284,11 +522,157 @@ class Sam3VideoPredictor:
             else:
                 ready = []
             for f, out in ready:
-                hidden = set(self._removed) | {int(i) for i in np.asarray(out["obj_id"])[np.asarray(out["suppressed"])]}
+                suppressed = {int(i) for i in np.asarray(out["obj_id"])[np.asarray(out["suppressed"])]}
+                hidden = set(self._removed) | suppressed
+                self._cache.settle(f, hidden, suppressed)
                 yield f, postprocess(out, hidden, low_res=self.return_low_res)
+
+    def _propagate_partial(self, order: range, ids: list[int], reverse: bool) -> Iterator[tuple[int, dict]]:
+        slots = {i: self._slot(i) for i in ids}
+        slots = {i: s for i, s in slots.items() if s is not None}
+        group, alive = np.asarray(self._state.group), np.asarray(self._state.alive)
+        active = alive & np.isin(group, [int(group[s]) for s in slots.values()])
+        obj_ids = np.asarray(self._state.obj_id)
+        rows = np.flatnonzero(active)
+        alone = {int(g): int(np.sum(active & (group == g))) == 1 for g in group[rows]}
+        for frame_idx in order:
+            sam2 = self._frame_features(frame_idx)
+            stored_low, stored_score, _ = self._stored(frame_idx)
+            self._state, out = self._fns.partial(self.params, self._state, sam2, jnp.int32(frame_idx),
+                                                 jnp.int32(len(self._frames)), jnp.asarray(active), stored_low,
+                                                 stored_score, reverse=reverse, video_hw=self._video_hw)
+            self._state = self._put(self._state)
+            out = jax.device_get(out)
+            for r in rows:
+                if out["stored"][r] and alone[int(group[r])]:
+                    self._clear_around(int(obj_ids[r]), int(r), frame_idx)
+            for r in rows:
+                self._cache.set_raw(frame_idx, int(obj_ids[r]), out["raw_low"][r], float(out["raw_score"][r]))
+            refined, low = {}, {}
+            for i, s in slots.items():
+                self._cache.tscore.setdefault(frame_idx, {})[i] = float(out["score"][s])
+                refined[i], low[i] = out["masks"][s], out["low"][s]
+            self._cache.update_masks(frame_idx, refined, low if self.return_low_res else None)
+            yield frame_idx, self._cached_output(frame_idx)
+
+    def _cached_output(self, frame_idx: int) -> dict:
+        """A frame's outputs from the cache (official `_build_tracker_output` + `_postprocess_output`)."""
+        c = self._cache
+        masks = c.frame_masks(frame_idx, self._video_hw)
+        ids = sorted(masks)
+        h, w = self._video_hw
+        tscore = c.tscore.get(frame_idx, {})
+        outputs = {
+            "obj_id": np.asarray(ids, np.int64), "present": np.ones((len(ids),), bool),
+            "masks": np.stack([masks[i] for i in ids]) if ids else np.zeros((0, h, w), bool),
+            "score": np.asarray([c.obj_score.get(i, 0.0) for i in ids], np.float32),
+            "tracker_score": np.asarray([tscore.get(i, 0.0) for i in ids], np.float32),
+        }
+        if self.return_low_res:
+            g4 = 4 * (self.resolution // self.config.vit.patch_size)
+            lows = c.low.get(frame_idx, {})
+            outputs["low_res"] = np.stack([lows.get(i, np.zeros((g4, g4), np.float32)) for i in ids]) if ids \
+                else np.zeros((0, g4, g4), np.float32)
+        return postprocess(outputs, c.suppressed.get(frame_idx, set()), low_res=self.return_low_res)
 
     @property
     def counts(self) -> dict[str, int]:
         """Outcomes the fixed capacities forced so far: births dropped for lack of an object slot,
         memory writes dropped for lack of a memory slot."""
         return {"births_dropped": int(self._state.num_dropped), "memory_dropped": int(self._state.memory_dropped)}
+
+
+def _check_obj_id(obj_id: Any) -> int:
+    if not isinstance(obj_id, (int, np.integer)) or isinstance(obj_id, bool) or obj_id < 0:
+        raise TypeError(f"obj_id must be a non-negative int, got {obj_id!r}")
+    return int(obj_id)
+
+
+class _OutputCache:
+    """The session's host-side records, as the official session keeps them:
+
+    masks[frame]: {obj_id: packed bool mask at the video's size} (official `cached_frame_outputs`,
+    what fetching and tracker-only propagation return for objects not being refined); low[frame]:
+    their low-res logits (only with `return_low_res`); tscore[frame]: {obj_id: tracker score};
+    suppressed[frame]: ids hidden on that frame; obj_score: {obj_id: score}; raw[frame]: {obj_id:
+    (low-res logits, object-score logit)}, the tracker's own output per object and frame (official
+    per-object output dicts: a click's previous mask, a group's consolidation); point_frames /
+    mask_frames: {obj_id: frames with clicks / with a mask given by the detector}."""
+
+    def __init__(self):
+        self.masks: dict[int, dict[int, tuple[np.ndarray, tuple]]] = {}
+        self.low: dict[int, dict[int, np.ndarray]] = {}
+        self.tscore: dict[int, dict[int, float]] = {}
+        self.suppressed: dict[int, set[int]] = {}
+        self.obj_score: dict[int, float] = {}
+        self.raw: dict[int, dict[int, tuple[np.ndarray, float]]] = {}
+        self.point_frames: dict[int, set[int]] = collections.defaultdict(set)
+        self.mask_frames: dict[int, set[int]] = collections.defaultdict(set)
+
+    def new_object(self, obj_id: int) -> None:
+        self.point_frames[obj_id] = set()
+        self.mask_frames[obj_id] = set()
+
+    def set_raw(self, frame: int, obj_id: int, low: np.ndarray, score: float) -> None:
+        self.raw.setdefault(frame, {})[obj_id] = (np.asarray(low, np.float32), float(score))
+
+    def record_step(self, frame: int, out: dict, *, keep_low_res: bool) -> None:
+        """A detect-and-track step's outputs (before the frame's hidden objects are known)."""
+        ids, present = np.asarray(out["obj_id"]), np.asarray(out["present"])
+        masks, tscore = {}, self.tscore.setdefault(frame, {})
+        tscore.clear()
+        low = {}
+        for r in np.flatnonzero(present):
+            i = int(ids[r])
+            self.set_raw(frame, i, out["raw_low"][r], float(out["raw_score"][r]))
+            tscore[i] = float(out["tracker_score"][r])
+            self.obj_score[i] = float(out["score"][r])
+            if out["born"][r]:
+                self.new_object(i)
+                self.mask_frames[i].add(frame)
+            elif out["reconditioned"][r]:
+                self.mask_frames[i].add(frame)
+            masks[i] = out["masks"][r]
+            if keep_low_res:
+                low[i] = out["low_res"][r]
+        self.masks[frame] = {i: _pack(m) for i, m in masks.items()}
+        self.low[frame] = low
+        self.suppressed[frame] = set()
+
+    def settle(self, frame: int, hidden: set[int], suppressed: set[int]) -> None:
+        """The frame's outputs are final: hidden objects leave its cache."""
+        self.masks[frame] = {i: m for i, m in self.masks.get(frame, {}).items() if i not in hidden}
+        self.suppressed[frame] = set(suppressed)
+
+    def update_masks(self, frame: int, masks: dict[int, np.ndarray], low: Optional[dict] = None) -> None:
+        """Refined objects' masks replace their cached ones (those hidden on the frame stay out)."""
+        hidden = self.suppressed.get(frame, set())
+        cached = self.masks.setdefault(frame, {})
+        for i, m in masks.items():
+            cached[i] = _pack(np.asarray(m, bool))
+            if low is not None:
+                self.low.setdefault(frame, {})[i] = np.asarray(low[i], np.float32)
+        self.masks[frame] = {i: m for i, m in cached.items() if i not in hidden}
+
+    def frame_masks(self, frame: int, hw: tuple[int, int]) -> dict[int, np.ndarray]:
+        return {i: _unpack(p, hw) for i, p in self.masks.get(frame, {}).items()}
+
+    def forget_tracker_outputs(self, obj_id: int) -> None:
+        for per in self.raw.values():
+            per.pop(obj_id, None)
+
+    def forget(self, obj_id: int) -> None:
+        """A removed object: out of every frame's cache and the scores."""
+        self.forget_tracker_outputs(obj_id)
+        for per in list(self.masks.values()) + list(self.low.values()):
+            per.pop(obj_id, None)
+        self.obj_score.pop(obj_id, None)
+
+
+def _pack(mask: np.ndarray) -> np.ndarray:
+    return np.packbits(np.asarray(mask, bool).reshape(-1))
+
+
+def _unpack(packed: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+    h, w = hw
+    return np.unpackbits(packed, count=h * w).reshape(h, w).astype(bool)

@@ -72,6 +72,9 @@ class VideoConfig:
     shrink_threshold: float = 0.3  # memory masks shrinking below this share under non-overlap are blanked
     memory_selection: bool = True  # the video tracker's frame filter (use_memory_selection)
     mf_threshold: float = 0.01
+    # a click removes the clicked object's detector-given conditioning frames this close to it
+    # (official refinement_detector_cond_frame_removal_window)
+    refinement_cond_frame_window: int = 16
 
 
 @flax.struct.dataclass
@@ -215,7 +218,8 @@ def track_frame(params: Mapping[str, Any], cfg, vcfg: VideoConfig, state: VideoS
     output: a live track or a birth), masks (N, H, W) bool at the video's size, low_res (N, 4g,
     4g) logits, score (birth probability), tracker_score, born, removed (by the hot-start rules on
     this frame), suppressed (hidden by the keep-alive rule), occluded (blanked before memory
-    encoding), reconditioned; and the frame's counts."""
+    encoding), reconditioned, raw_low / raw_score (the tracker's own output of the frame, which
+    click refinement reads); and the frame's counts."""
     mcfg, tcfg = vcfg.merge, cfg.tracker
     tparams = params["tracker"]
     n = state.alive.shape[0]
@@ -345,6 +349,10 @@ def track_frame(params: Mapping[str, Any], cfg, vcfg: VideoConfig, state: VideoS
         "obj_id": new_ids, "present": present, "masks": masks, "low_res": low_out, "score": score,
         "tracker_score": tracker_score, "born": born, "removed": removed, "suppressed": suppressed,
         "occluded": occluded, "reconditioned": recond, "num_detections": jnp.sum(det["valid"]),
+        # what the official tracker keeps as this frame's output per object (read by clicks later):
+        # a given mask's consolidated output, else the raw propagated mask and object score
+        "raw_low": jnp.where(born[:, None, None], birth_low, jnp.where(recond[:, None, None], rec_low, trk_raw)),
+        "raw_score": jnp.where(born | recond, given_score, trk_logit),
         "num_new": n_new, "num_born": n_born,
     }
     return new_state, outputs
