@@ -2,7 +2,13 @@
 
     python -m sam3_jax.predict_video --checkpoint DIR --video FRAMES_DIR --text "person" --out OUT/ \
         [--direction forward|backward|both] [--start_frame N] [--max_frames N] [--max_objects 16] \
-        [--detection_threshold 0.5] [--new_track_threshold 0.7]
+        [--detection_threshold 0.5] [--new_track_threshold 0.7] \
+        [--points FRAME:OBJ_ID:X,Y,LABEL[;X,Y,LABEL...]] [--box FRAME:OBJ_ID:X0,Y0,X1,Y1]
+
+With --points / --box (repeatable; coordinates relative to the frame's width and height; labels 1
+positive, 0 negative; an unknown OBJ_ID adds a new object): the concept is tracked first, then the
+clicks refine those objects (or add them) and the tracker propagates them forward and backward from
+the first clicked frame, as in the official interactive session; the files hold the refined result.
 
 FRAMES_DIR holds the frames as image files (read in name order, lazily). Writes, as frames come out:
 OUT/frames.jsonl (one line per frame: its objects' ids, scores, boxes [x, y, w, h] in pixels and
@@ -30,6 +36,8 @@ _MAX_FRAMES = flags.DEFINE_integer("max_frames", None, "Frames to propagate (def
 _MAX_OBJECTS = flags.DEFINE_integer("max_objects", 16, "Object slots of the video state.")
 _DET_THRESHOLD = flags.DEFINE_float("detection_threshold", 0.5, "Detection probability threshold (official 0.5).")
 _NEW_THRESHOLD = flags.DEFINE_float("new_track_threshold", 0.7, "Score a detection needs to start a track (official 0.7).")
+_POINTS = flags.DEFINE_multi_string("points", [], "Clicks FRAME:OBJ_ID:X,Y,LABEL[;X,Y,LABEL...] (relative x, y).")
+_BOX = flags.DEFINE_multi_string("box", [], "A box prompt FRAME:OBJ_ID:X0,Y0,X1,Y1 (relative).")
 _VIDEO_ID = flags.DEFINE_integer("video_id", 0, "video_id written into predictions.json.")
 _GIF_SIDE = flags.DEFINE_integer("gif_side", 320, "Longest side of the overlay GIF's frames.")
 
@@ -45,6 +53,26 @@ def _records(lines: list[dict], num_frames: int, video_id: int) -> list[dict]:
             f = line["frame"]
             t["segmentations"][f], t["bboxes"][f], t["areas"][f] = obj["mask"], obj["box_xywh"], obj["area"]
     return [tracks[k] for k in sorted(tracks)]
+
+
+def _parse_clicks(points: list[str], boxes: list[str]) -> list[tuple]:
+    """--points / --box values -> [(kind, frame, obj_id, values)] in the order given."""
+    out = []
+    for kind, specs, width in (("points", points, 3), ("box", boxes, 4)):
+        for spec in specs:
+            parts = spec.split(":")
+            try:
+                if len(parts) != 3:
+                    raise ValueError
+                frame, obj_id = int(parts[0]), int(parts[1])
+                rows = [[float(v) for v in chunk.split(",")] for chunk in parts[2].split(";") if chunk.strip()]
+                if not rows or any(len(r) != width for r in rows) or (kind == "box" and len(rows) != 1):
+                    raise ValueError
+            except ValueError:
+                form = "FRAME:OBJ_ID:X,Y,LABEL[;X,Y,LABEL...]" if kind == "points" else "FRAME:OBJ_ID:X0,Y0,X1,Y1"
+                raise ValueError(f"--{kind} {spec!r} is not {form}") from None
+            out.append((kind, frame, obj_id, rows))
+    return out
 
 
 def main(argv) -> int:
@@ -77,15 +105,32 @@ def main(argv) -> int:
         os.makedirs(_OUT.value, exist_ok=True)
         h, w = predictor._frames.hw
         scale = np.array([w, h, w, h], np.float32)
+        clicks = _parse_clicks(_POINTS.value, _BOX.value)
         first = predictor.add_prompt(_START.value, _TEXT.value)
         del first  # propagation yields the prompted frame again
+        frames = predictor.propagate(_DIRECTION.value, max_frames=_MAX_FRAMES.value)
+        if clicks:
+            # track the concept, refine with the clicks, propagate the refined objects both ways from
+            # the first clicked frame; then the cached (refined) outputs are written
+            for _ in tqdm(frames, total=n, desc="tracking", unit="frame"):
+                pass
+            for kind, frame, obj_id, rows in clicks:
+                if kind == "box":
+                    predictor.add_box(frame, obj_id, rows[0])
+                else:
+                    arr = np.asarray(rows, np.float64)
+                    predictor.add_points(frame, obj_id, arr[:, :2], arr[:, 2].astype(np.int32))
+            for direction in ("forward", "backward"):
+                for _ in tqdm(predictor.propagate(direction, start_frame=clicks[0][1]), desc=f"refining ({direction})",
+                              unit="frame"):
+                    pass
+            frames = predictor.propagate(_DIRECTION.value, max_frames=_MAX_FRAMES.value)
         lines, gif = [], {}
         side = max(h, w)
         small = (max(1, round(w * _GIF_SIDE.value / side)), max(1, round(h * _GIF_SIDE.value / side)))
         jsonl = os.path.join(_OUT.value, "frames.jsonl")
         with open(jsonl + ".tmp", "w") as fh:
-            for f, out in tqdm(predictor.propagate(_DIRECTION.value, max_frames=_MAX_FRAMES.value), total=n,
-                               desc="frames", unit="frame"):
+            for f, out in tqdm(frames, total=n, desc="frames", unit="frame"):
                 objs = [{"id": int(i), "score": float(s), "box_xywh": [float(v) for v in b * scale],
                          "area": int(m.sum()), "mask": encode_mask(m)}
                         for i, s, b, m in zip(out["obj_ids"], out["scores"], out["boxes_xywh"], out["masks"])]
@@ -110,7 +155,7 @@ def main(argv) -> int:
         print(f"{len(lines)} frames, {len({o['id'] for ln in lines for o in ln['objects']})} objects; "
               f"births dropped for lack of slots: {counts['births_dropped']}; wrote {jsonl}, {preds}, "
               f"{os.path.join(_OUT.value, 'overlay.gif')}")
-    except (ValueError, FileNotFoundError, IndexError, RuntimeError, KeyError) as e:
+    except (ValueError, TypeError, FileNotFoundError, IndexError, RuntimeError, KeyError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     return 0

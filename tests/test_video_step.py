@@ -93,25 +93,69 @@ def _compare(ours, ref, what):
                                    err_msg=f"{what}: boxes")
 
 
+BOX = [[0.2, 0.2], [0.6, 0.7]]  # a box as the tracker's corner points (labels 2, 3), relative to the frame
+# after the text prompt and the full forward pass: clicks on a middle frame, tracker-only propagation
+# forward and backward from there, a cached fetch, a new object added by clicks
+CLICKS = {
+    1: [("points", 6, 0, BOX, [2, 3]), ("propagate", 6, False), ("propagate", 6, True), ("propagate", None, False),
+        ("points", 3, 9, BOX, [2, 3]), ("propagate", None, False), ("propagate", None, True)],
+    7: [("points", 6, 1, [[0.1, 0.1], [0.9, 0.9]], [2, 3]), ("propagate", 6, False), ("propagate", 6, True),
+        ("points", 4, 12, [[0.4, 0.4], [0.8, 0.9]], [2, 3]), ("propagate", None, False), ("propagate", None, True),
+        ("propagate", None, False)],
+}
+# seed 1: objects 0 and 3 tracked alone, a box on 0 (its detector frame 0 stops conditioning it), then
+# a new object 9; seed 7: a box on object 1, born with 0 and 2 (the frame is consolidated for all
+# three), then on object 12 on its own birth frame (born with 11)
+
+
+def _session(predictor, clip, actions):
+    """Our predictor driven like `sam3_jax.parity.video.run_official_session`."""
+    predictor.start_session(clip)
+    predictor.return_low_res = True
+    results = []
+    with jax.default_matmul_precision("highest"):
+        for act in actions:
+            if act[0] == "text":
+                results.append(predictor.add_prompt(act[1], act[2]))
+            elif act[0] == "points":
+                results.append(predictor.add_points(act[1], act[2], act[3], act[4]))
+            else:
+                results.append(dict(predictor.propagate("backward" if act[2] else "forward", start_frame=act[1])))
+    return results
+
+
 @pytest.mark.parametrize("seed", SEEDS)
-def test_forward_matches_official(zoo, clip, seed):
-    from sam3_jax.parity.video import run_official
+def test_forward_and_clicks_match_official(zoo, clip, seed):
+    """Text prompt on frame 0, forward propagation (detect + track + merge), then click refinement
+    on a middle frame (boxes and points; refining tracked objects, some born together with others,
+    and adding a new one) with the official action-history propagation: tracker-only passes forward
+    and backward, cached fetches."""
+    from sam3_jax.parity.video import run_official_session
 
     official, _, predictor = zoo(seed)
-    ref_first, ref = run_official(official, clip, TEXT)
+    actions = [("text", 0, TEXT), ("propagate", None, False)] + CLICKS[seed]
+    ref = run_official_session(official, clip, actions)
     predictor._step.clear_cache()
-    first, ours = _ours(predictor, clip)
+    ours = _session(predictor, clip, actions)
     # add_prompt and the whole forward propagation of the 12-frame clip: one compiled step
     assert predictor._step._cache_size() == 1
-    _compare(first, ref_first, "add_prompt frame 0")
-    assert sorted(ours) == sorted(ref) == list(range(NUM_FRAMES))
-    for f in range(NUM_FRAMES):
-        _compare(ours[f], ref[f], f"frame {f}")
-    ids = set().union(*(set(o["obj_ids"].tolist()) for o in ref.values()))
+    _compare(ours[0], ref[0], "add_prompt frame 0")
+    assert sorted(ours[1]) == sorted(ref[1]) == list(range(NUM_FRAMES))
+    for k, act in enumerate(actions[1:], start=1):
+        if act[0] == "propagate":
+            assert list(ours[k]) == list(ref[k]), f"action {k} {act}: frames {list(ours[k])} vs {list(ref[k])}"
+            for f in ref[k]:
+                _compare(ours[k][f], ref[k][f], f"action {k} {act}, frame {f}")
+        else:
+            _compare(ours[k], ref[k], f"action {k} {act}")
+    ids = set().union(*(set(o["obj_ids"].tolist()) for o in ref[1].values()))
     assert len(ids) >= 2, f"the clip should track several objects, got ids {sorted(ids)}"
     # objects are created after frame 0 and some present ones are hidden again
     assert predictor.counts["births_dropped"] == 0
-    assert int(predictor._state.max_obj_id) + 1 > len(ref_first["obj_ids"])
+    # the clicks change the outputs of the frames propagated after them
+    after = [k for k, a in enumerate(actions) if a[0] == "propagate" and k > 1]
+    same = lambda a, b: a["obj_ids"].tolist() == b["obj_ids"].tolist() and np.array_equal(a["masks"], b["masks"])  # noqa: E731
+    assert any(not same(ref[k][f], ref[1][f]) for k in after for f in ref[k])
 
 
 @pytest.mark.parametrize("seed", SEEDS)
@@ -164,6 +208,12 @@ def test_capacity_overflow_is_counted(zoo, tiny_cfg, clip):
     outs = dict(p.propagate())
     assert len(first["obj_ids"]) <= 1 and all(len(o["obj_ids"]) <= 1 for o in outs.values())
     assert p.counts["births_dropped"] > 0
+    # a new object by clicks finds no slot either: a clear error, the session unchanged
+    live = p._live_ids()
+    if live:
+        with pytest.raises(RuntimeError, match="object slots are in use"):
+            p.add_points(2, max(live) + 100, [[0.5, 0.5]], [1])
+        assert p._live_ids() == live
 
 
 def test_bad_input(zoo, clip, tmp_path):
@@ -193,11 +243,24 @@ def test_bad_input(zoo, clip, tmp_path):
     with pytest.raises(ValueError, match="direction"):
         fresh.add_prompt(0, TEXT)
         next(fresh.propagate("sideways"))
+    with pytest.raises(ValueError, match=r"\(P, 2\)"):
+        fresh.add_points(0, 0, [0.5, 0.5], [1])
+    with pytest.raises(ValueError, match="labels"):
+        fresh.add_points(0, 0, [[0.5, 0.5]], [1, 0])
+    with pytest.raises(ValueError, match="labels"):
+        fresh.add_points(0, 0, [[0.5, 0.5]], [4])
+    with pytest.raises(TypeError, match="obj_id"):
+        fresh.add_points(0, -1, [[0.5, 0.5]], [1])
+    with pytest.raises(ValueError, match="x1 >= x0"):
+        fresh.add_box(0, 0, [0.6, 0.2, 0.2, 0.7])
+    with pytest.raises(IndexError, match="out of range"):
+        fresh.add_box(7, 0, [0.2, 0.2, 0.6, 0.7])
 
 
 def test_predict_video_cli(zoo, clip, tiny_cfg, tmp_path, repo_root, python):
-    """`python -m sam3_jax.predict_video` on a folder of frames: frames.jsonl streamed, the video
-    results file that evaluate.py reads, an overlay GIF; bad input exits 1 with the reason."""
+    """`python -m sam3_jax.predict_video` on a folder of frames with a box prompt adding an object:
+    frames.jsonl streamed, the video results file that evaluate.py reads, an overlay GIF; bad input
+    exits 1 with the reason."""
     import json
     import subprocess
 
@@ -219,7 +282,8 @@ def test_predict_video_cli(zoo, clip, tiny_cfg, tmp_path, repo_root, python):
         Image.fromarray(f).save(frames / f"{i:05d}.png")
     out = tmp_path / "out"
     cmd = [python, "-m", "sam3_jax.predict_video", "--checkpoint", str(ckpt), "--video", str(frames),
-           "--text", TEXT, "--out", str(out), "--detection_threshold", "0", "--new_track_threshold", "0"]
+           "--text", TEXT, "--out", str(out), "--detection_threshold", "0", "--new_track_threshold", "0",
+           "--box", "2:50:0.1,0.1,0.9,0.9"]  # a new object by a box on frame 2, propagated both ways
     r = subprocess.run(cmd, cwd=repo_root, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     lines = [json.loads(x) for x in (out / "frames.jsonl").read_text().splitlines()]
@@ -234,6 +298,11 @@ def test_predict_video_cli(zoo, clip, tiny_cfg, tmp_path, repo_root, python):
     ids = sorted({o["id"] for ln in lines for o in ln["objects"]})
     assert len(preds) == len(ids)
     assert Image.open(out / "overlay.gif").n_frames == 4
+    assert any(o["id"] == 50 for o in lines[2]["objects"]), "the box adds object 50 on frame 2"
+    assert "refining" in r.stderr  # the tracker-only passes ran
+    malformed = subprocess.run(cmd[:-2] + ["--points", "2:50:0.5,0.5"], cwd=repo_root, capture_output=True,
+                               text=True, timeout=600)
+    assert malformed.returncode == 1 and "is not FRAME:OBJ_ID:X,Y,LABEL" in malformed.stderr
     bad = subprocess.run(cmd[:6] + [str(tmp_path / "nope")] + cmd[7:], cwd=repo_root, capture_output=True,
                          text=True, timeout=600)
     assert bad.returncode == 1 and "no such folder" in bad.stderr

@@ -196,6 +196,13 @@ def _reset_rows(memory: TrackMemory, rows: jax.Array) -> TrackMemory:
                           eff_score=jnp.where(r2, 0.0, memory.eff_score))
 
 
+def _only_if(pred: jax.Array, fn, *operands):
+    """fn(*operands) where `pred`, else zeros of its result's shapes (`lax.cond`: the work runs only
+    on frames that need it; callers read the result only where it applies)."""
+    shapes = jax.eval_shape(fn, *operands)
+    return jax.lax.cond(pred, fn, lambda *_: jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes), *operands)
+
+
 def _pw_shrink(masks: jax.Array, valid: jax.Array, obj_ids: jax.Array, threshold: float) -> jax.Array:
     """Official `_suppress_object_pw_area_shrinkage`: masks whose area falls below `threshold` of
     itself under the pixel-wise non-overlap are clamped to <= -10 (the rest unchanged)."""
@@ -287,28 +294,39 @@ def track_frame(params: Mapping[str, Any], cfg, vcfg: VideoConfig, state: VideoS
 
     # the masks given to the tracker (births, reconditioning): the detection's low-res mask resized
     # to the encoder's input size, binarised
+    # (each part runs only on frames that need it: its values are read only where born / recond)
     src = jnp.take(det["masks"], jnp.where(born, born_det, jnp.maximum(rec_det, 0)), axis=0)
     mask_in = (_resize(src, in_size) > 0) & (born | recond)[:, None, None]
     birth_in = mask_in & born[:, None, None]
-    given = use_mask_as_output(tparams, cfg, sam2_out, _nhwc(mask_in.astype(jnp.float32)))
-    given_score = given["object_score_logits"][:, 0]
-    # consolidated low-res outputs of the given masks (births of this frame: later ids win shared pixels)
-    order = jnp.argsort(jnp.where(born, new_ids, jnp.iinfo(jnp.int32).max))
-    inv = jnp.argsort(order)
-    birth_low = _cond_lowres(birth_in[order].astype(jnp.float32), video_hw, low_size)[inv]
-    rec_low = _cond_lowres(mask_in.astype(jnp.float32), video_hw, low_size, exclusive=False)
-    # births' memory: the consolidated mask at the image size, non-overlapping among this frame's
-    # births, binarised (a frame given as a mask), resized to the encoder's input
-    birth_img = merge.non_overlapping(_resize(birth_low, cfg.image_size), born, new_ids)
-    birth_mem_in = _resize((birth_img > 0).astype(jnp.float32) * MASK_SCALE + MASK_BIAS, in_size, antialias=True)
+
+    def given_outputs(m):
+        out = use_mask_as_output(tparams, cfg, sam2_out, _nhwc(m.astype(jnp.float32)))
+        return out["obj_ptr"], out["object_score_logits"][:, 0].astype(jnp.float32)
+
+    given_ptr, given_score = _only_if(jnp.any(born | recond), given_outputs, mask_in)
+
+    def birth_outputs(b):
+        # consolidated low-res outputs of the given masks (this frame's births: later ids win shared pixels)
+        order = jnp.argsort(jnp.where(born, new_ids, jnp.iinfo(jnp.int32).max))
+        low = _cond_lowres(b[order].astype(jnp.float32), video_hw, low_size)[jnp.argsort(order)]
+        # births' memory: the consolidated mask at the image size, non-overlapping among this
+        # frame's births, binarised (a frame given as a mask), resized to the encoder's input
+        img = merge.non_overlapping(_resize(low, cfg.image_size), born, new_ids)
+        mem_in = _resize((img > 0).astype(jnp.float32) * MASK_SCALE + MASK_BIAS, in_size, antialias=True)
+        out = fill_holes_in_mask_scores(jnp.take(det["masks"], born_det, axis=0), vcfg.fill_hole_area)
+        return low, mem_in, out
+
+    birth_low, birth_mem_in, birth_out = _only_if(jnp.any(born), birth_outputs, birth_in)
+    rec_low = _only_if(jnp.any(recond), lambda m: _cond_lowres(m.astype(jnp.float32), video_hw, low_size,
+                                                                exclusive=False), mask_in)
 
     mem_in = jnp.where(born[:, None, None], birth_mem_in, trk_mem_in)
     mem_score = jnp.where(born, given_score, trk_mem_score)
     feats = encode_memory(tparams, cfg, sam2_out, _nhwc(mem_in), mem_score[:, None], prescaled=True)
 
-    ptr = jnp.where(recond[:, None], given["obj_ptr"], trk_ptr)
+    ptr = jnp.where(recond[:, None], given_ptr, trk_ptr)
     memory = _reset_rows(mem, born)
-    memory, dropped_t = add_memory(memory, frame_idx, feats, jnp.where(born[:, None], given["obj_ptr"], ptr),
+    memory, dropped_t = add_memory(memory, frame_idx, feats, jnp.where(born[:, None], given_ptr, ptr),
                                    revisit | rec_group | born, reverse=reverse,
                                    eff_score=jnp.where(born, 0.0, eff), write=alive | born,
                                    evict_below=vcfg.mf_threshold if vcfg.memory_selection else None)
@@ -320,7 +338,6 @@ def track_frame(params: Mapping[str, Any], cfg, vcfg: VideoConfig, state: VideoS
                                                             jnp.where(rec_group & ~revisit, trk_logit, state.cond_score)))
 
     # 6. outputs
-    birth_out = fill_holes_in_mask_scores(jnp.take(det["masks"], born_det, axis=0), vcfg.fill_hole_area)
     low_out = jnp.where(born[:, None, None], birth_out, trk_out)
     present = alive | born
     masks = (_resize(low_out, video_hw) > 0) & present[:, None, None]
