@@ -119,7 +119,7 @@ def main() -> None:
                                    min_objects=3)
         frames = [np.asarray(f) for f in src[0]["frames"]]
         p = Sam3VideoPredictor(params, cfg, video_config_for_random_weights(**low, max_objects=caps[-1]))
-        p.start_session(frames)
+        p.start_session(frames, cache_outputs=False)  # streaming: host memory must stay flat
         p.add_prompt(0, text)
         marks = {}
         for f in range(1, len(frames)):

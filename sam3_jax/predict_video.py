@@ -1,6 +1,6 @@
 """Segment and track a concept through a video from the command line.
 
-    python -m sam3_jax.predict_video --checkpoint DIR --video FRAMES_DIR --text "person" --out OUT/ \
+    python -m sam3_jax.predict_video --checkpoint DIR --video FRAMES_DIR --text "person" [--text "dog"] --out OUT/ \
         [--direction forward|backward|both] [--start_frame N] [--max_frames N] [--max_objects 16] \
         [--detection_threshold 0.5] [--new_track_threshold 0.7] \
         [--points FRAME:OBJ_ID:X,Y,LABEL[;X,Y,LABEL...]] [--box FRAME:OBJ_ID:X0,Y0,X1,Y1]
@@ -28,7 +28,8 @@ from absl import app, flags, logging
 
 _CKPT = flags.DEFINE_string("checkpoint", None, "Directory written by convert_weights.py (with the tracker).")
 _VIDEO = flags.DEFINE_string("video", None, "Folder of frames (image files, name order).")
-_TEXT = flags.DEFINE_string("text", None, "Noun-phrase prompt.")
+_TEXT = flags.DEFINE_multi_string("text", [], "Noun-phrase prompt; repeat for several concepts in one session "
+                                  "(category_id 1, 2, ... in predictions.json).")
 _OUT = flags.DEFINE_string("out", None, "Output directory.")
 _DIRECTION = flags.DEFINE_enum("direction", "forward", ["forward", "backward", "both"], "Propagation direction.")
 _START = flags.DEFINE_integer("start_frame", 0, "Frame the prompt is given on and propagation starts from.")
@@ -42,12 +43,13 @@ _VIDEO_ID = flags.DEFINE_integer("video_id", 0, "video_id written into predictio
 _GIF_SIDE = flags.DEFINE_integer("gif_side", 320, "Longest side of the overlay GIF's frames.")
 
 
-def _records(lines: list[dict], num_frames: int, video_id: int) -> list[dict]:
-    """Per-frame objects -> one video-results record per object id."""
+def _records(lines: list[dict], num_frames: int, video_id: int, texts: list[str]) -> list[dict]:
+    """Per-frame objects -> one video-results record per object id (category_id: 1 + its prompt's index)."""
     tracks: dict[int, dict] = {}
     for line in lines:
         for obj in line["objects"]:
-            t = tracks.setdefault(obj["id"], {"video_id": video_id, "category_id": 1, "score": obj["score"],
+            cat = 1 + texts.index(obj["prompt"])
+            t = tracks.setdefault(obj["id"], {"video_id": video_id, "category_id": cat, "score": obj["score"],
                                               "segmentations": [None] * num_frames, "bboxes": [None] * num_frames,
                                               "areas": [None] * num_frames})
             f = line["frame"]
@@ -100,14 +102,15 @@ def main(argv) -> int:
                                     new_det_thresh=_NEW_THRESHOLD.value)
         vcfg = dataclasses.replace(VideoConfig(), max_objects=_MAX_OBJECTS.value, merge=merge)
         predictor = Sam3VideoPredictor.from_checkpoint(_CKPT.value, vcfg)
-        predictor.start_session(_VIDEO.value)
+        clicks = _parse_clicks(_POINTS.value, _BOX.value)
+        predictor.start_session(_VIDEO.value, cache_outputs=bool(clicks))  # clicks need the cached outputs
         n = predictor.num_frames
         os.makedirs(_OUT.value, exist_ok=True)
         h, w = predictor._frames.hw
         scale = np.array([w, h, w, h], np.float32)
-        clicks = _parse_clicks(_POINTS.value, _BOX.value)
-        first = predictor.add_prompt(_START.value, _TEXT.value)
-        del first  # propagation yields the prompted frame again
+        texts = list(_TEXT.value)
+        for k, text in enumerate(texts):  # propagation yields the prompted frame again
+            predictor.add_prompt(_START.value, text, append=k > 0)
         frames = predictor.propagate(_DIRECTION.value, max_frames=_MAX_FRAMES.value)
         if clicks:
             # track the concept, refine with the clicks, propagate the refined objects both ways from
@@ -131,9 +134,11 @@ def main(argv) -> int:
         jsonl = os.path.join(_OUT.value, "frames.jsonl")
         with open(jsonl + ".tmp", "w") as fh:
             for f, out in tqdm(frames, total=n, desc="frames", unit="frame"):
-                objs = [{"id": int(i), "score": float(s), "box_xywh": [float(v) for v in b * scale],
+                prompts = out.get("prompts", texts[:1] * len(out["obj_ids"]))
+                objs = [{"id": int(i), "prompt": t, "score": float(s), "box_xywh": [float(v) for v in b * scale],
                          "area": int(m.sum()), "mask": encode_mask(m)}
-                        for i, s, b, m in zip(out["obj_ids"], out["scores"], out["boxes_xywh"], out["masks"])]
+                        for i, t, s, b, m in zip(out["obj_ids"], prompts, out["scores"], out["boxes_xywh"],
+                                                 out["masks"])]
                 line = {"frame": int(f), "objects": objs}
                 fh.write(json.dumps(line) + "\n")
                 fh.flush()
@@ -145,7 +150,7 @@ def main(argv) -> int:
         os.replace(jsonl + ".tmp", jsonl)
         preds = os.path.join(_OUT.value, "predictions.json")
         with open(preds + ".tmp", "w") as fh:
-            json.dump(_records(lines, n, _VIDEO_ID.value), fh)
+            json.dump(_records(lines, n, _VIDEO_ID.value, texts), fh)
         os.replace(preds + ".tmp", preds)
         if gif:
             frames = [gif[k] for k in sorted(gif)]

@@ -216,6 +216,51 @@ def test_capacity_overflow_is_counted(zoo, tiny_cfg, clip):
         assert p._live_ids() == live
 
 
+def test_several_prompts_in_one_session(zoo, tiny_cfg, clip):
+    """add_prompt(..., append=True): each concept tracked as on its own (equal to single-prompt
+    sessions), ids unique over the session, each object's prompt given; a click and a removal
+    reach the right prompt's object by its session-wide id."""
+    from sam3_jax.parity.video import video_config_for_random_weights
+    from sam3_jax.predict.video import Sam3VideoPredictor
+
+    params = zoo(SEEDS[0])[1]
+    p = Sam3VideoPredictor(params, tiny_cfg, video_config_for_random_weights(**{**LOW, "max_objects": 1}))
+    short, texts = clip[:4], (TEXT, "a blue square")
+
+    def alone(text):
+        p.start_session(short)
+        p.add_prompt(0, text)
+        return dict(p.propagate())
+
+    single = [alone(t) for t in texts]
+    p.start_session(short)
+    p.add_prompt(0, texts[0])
+    second = p.add_prompt(0, texts[1], append=True)
+    both = dict(p.propagate())
+    assert second["prompts"] == [texts[1]] * len(second["obj_ids"])
+    local = {g: key for key, g in p._gid.items()}
+    seen = 0
+    for f in range(len(short)):
+        got = both[f]
+        assert len(set(got["obj_ids"].tolist())) == len(got["obj_ids"])
+        for k, text in enumerate(texts):
+            ref = single[k][f]
+            sel = [j for j, t in enumerate(got["prompts"]) if t == text]
+            assert sorted(local[int(got["obj_ids"][j])][1] for j in sel) == ref["obj_ids"].tolist(), (f, text)
+            for j in sel:
+                r = ref["obj_ids"].tolist().index(local[int(got["obj_ids"][j])][1])
+                np.testing.assert_array_equal(got["masks"][j], ref["masks"][r])
+                assert got["scores"][j] == ref["scores"][r]
+            seen += len(sel)
+    assert seen > 0 and {t for o in both.values() for t in o["prompts"]} == set(texts)
+    # a click and a removal by session-wide id reach the second prompt's object
+    gid = next(int(i) for o in both.values() for i, t in zip(o["obj_ids"], o["prompts"]) if t == texts[1])
+    out = p.add_box(2, gid, [0.1, 0.1, 0.9, 0.9])
+    assert set(out["prompts"]) <= {texts[1]} and p._children[0][0]._actions[-1][0] == "refine"
+    p.remove_object(gid)
+    assert all(gid not in o["obj_ids"].tolist() for _, o in p.propagate())
+
+
 def test_bad_input(zoo, clip, tmp_path):
     from sam3_jax.predict.video import Sam3VideoPredictor
 
@@ -255,6 +300,10 @@ def test_bad_input(zoo, clip, tmp_path):
         fresh.add_box(0, 0, [0.6, 0.2, 0.2, 0.7])
     with pytest.raises(IndexError, match="out of range"):
         fresh.add_box(7, 0, [0.2, 0.2, 0.6, 0.7])
+    fresh.start_session(clip[:3], cache_outputs=False)  # streaming: no cached outputs to refine
+    fresh.add_prompt(0, TEXT)
+    with pytest.raises(RuntimeError, match="cache_outputs"):
+        fresh.add_points(0, 0, [[0.5, 0.5]], [1])
 
 
 def test_predict_video_cli(zoo, clip, tiny_cfg, tmp_path, repo_root, python):
@@ -283,6 +332,7 @@ def test_predict_video_cli(zoo, clip, tiny_cfg, tmp_path, repo_root, python):
     out = tmp_path / "out"
     cmd = [python, "-m", "sam3_jax.predict_video", "--checkpoint", str(ckpt), "--video", str(frames),
            "--text", TEXT, "--out", str(out), "--detection_threshold", "0", "--new_track_threshold", "0",
+           "--text", "a blue square",  # a second concept in the same session
            "--box", "2:50:0.1,0.1,0.9,0.9"]  # a new object by a box on frame 2, propagated both ways
     r = subprocess.run(cmd, cwd=repo_root, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -293,7 +343,8 @@ def test_predict_video_cli(zoo, clip, tiny_cfg, tmp_path, repo_root, python):
         for o in ln["objects"]:
             assert decode_rles([o["mask"]], *clip[0].shape[:2])[0].sum() == o["area"] > 0
     preds = json.loads((out / "predictions.json").read_text())
-    assert preds and {p["category_id"] for p in preds} == {1} and {p["video_id"] for p in preds} == {0}
+    assert preds and {p["category_id"] for p in preds} == {1, 2} and {p["video_id"] for p in preds} == {0}
+    assert {o["prompt"] for ln in lines for o in ln["objects"]} == {TEXT, "a blue square"}
     assert all(len(p[k]) == 4 for p in preds for k in ("segmentations", "bboxes", "areas"))
     ids = sorted({o["id"] for ln in lines for o in ln["objects"]})
     assert len(preds) == len(ids)

@@ -203,7 +203,7 @@ def predict_video_set(checkpoint: str, gt_path: str, videos_dir: str, *, max_obj
             scale = np.array([w, h, w, h], np.float32)  # video_frame_paths checked the frame size
             with _frame_folder(frames[vid]) as folder:
                 try:
-                    predictor.start_session(folder)
+                    predictor.start_session(folder, cache_outputs=False)
                     if predictor.num_frames != T:
                         raise ValueError(f"the predictor read {predictor.num_frames} frames from {folder}, "
                                          f"the GT lists {T}")

@@ -182,6 +182,7 @@ class Sam3VideoPredictor:
             rules = LOGICAL_AXIS_RULES
         self.rules = tuple(rules)
         self._frames: Optional[_Frames] = None
+        self._caching = True
         self._text_out = None
         self._state: Optional[VideoState] = None
         self._shardings = None  # the state's placement over `mesh`, fixed per session
@@ -200,10 +201,14 @@ class Sam3VideoPredictor:
         return cls(image.params, image.config, video_config, tokenizer=image.tokenizer)
 
     # ------------------------------------------------------------------ session
-    def start_session(self, frames: Any) -> None:
+    def start_session(self, frames: Any, *, cache_outputs: bool = True) -> None:
         """frames: a list of HxWx3 uint8 arrays (one size), or a folder of image files (read lazily,
-        in name order)."""
+        in name order). cache_outputs: keep every frame's outputs on the host, as the official
+        session does (needed for clicks and for propagations that return cached outputs; it grows
+        with the video); without it host memory stays flat, every `propagate` detects and tracks,
+        and clicks are refused."""
         self._frames = _Frames(frames)
+        self._caching = bool(cache_outputs)
         self.reset()
 
     @property
@@ -225,6 +230,12 @@ class Sam3VideoPredictor:
         self._done: set[int] = set()  # frames with outputs (previous_stages_out)
         self._cache = _OutputCache()
         self._features: dict[int, Any] = {}  # the latest frame's tracker features
+        # further concept prompts of the session (add_prompt(..., append=True)): one predictor each,
+        # sharing the frames; ids across prompts through `_gid` (prompt index, its own id) -> id
+        self._text: Optional[str] = None
+        self._children: list[tuple["Sam3VideoPredictor", str]] = []
+        self._gid: dict[tuple[int, int], int] = {}
+        self._next_gid = 0
 
     def state_shardings(self, state: VideoState) -> Any:
         """NamedShardings of the state over `self.mesh`: the object axis (every leaf's first axis of
@@ -279,7 +290,8 @@ class Sam3VideoPredictor:
         out = jax.device_get(out)
         removed = np.asarray(out["obj_id"])[np.asarray(out["removed"])]
         self._removed.update(int(i) for i in removed)
-        self._cache.record_step(frame_idx, out, keep_low_res=self.return_low_res)
+        if self._caching:
+            self._cache.record_step(frame_idx, out, keep_low_res=self.return_low_res)
         for i in removed:  # the official tracker drops a removed object's outputs
             self._cache.forget_tracker_outputs(int(i))
         self._done.add(frame_idx)
@@ -295,19 +307,71 @@ class Sam3VideoPredictor:
         return sorted(int(i) for i in ids[alive])
 
     # ------------------------------------------------------------------ prompts
-    def add_prompt(self, frame_idx: int, text: str) -> dict:
-        """A concept prompt on a frame: restarts tracking (a new prompt replaces the previous one,
-        as in the official model), detects on that frame and returns its objects."""
+    def add_prompt(self, frame_idx: int, text: str, *, append: bool = False) -> dict:
+        """A concept prompt on a frame: detects on that frame and returns its objects. By default it
+        restarts tracking (a new prompt replaces the previous one, as in the official model); with
+        append=True it adds a concept to the session: each prompt is tracked as the official model
+        tracks one (its own objects, merge and memory), and the outputs hold every prompt's objects
+        with ids unique over the session and each object's prompt ("prompts")."""
         self._require_session("add_prompt")
         frame_idx = self._check_frame(frame_idx)
         if not isinstance(text, str) or not text.strip():
             raise ValueError(f"text must be a non-empty string, got {text!r}")
+        if append and self._text_out is not None:
+            return self._append_prompt(frame_idx, text)
         self.reset()
+        self._text = text
         tokens = self.tokenizer([text], context_length=int(self.config.text.context_length))
         self._text_out = self._encode_text(self.params, jnp.asarray(tokens))
         self._prompt_frame = frame_idx
         out = self._run(frame_idx, reverse=False)
         return postprocess(out, self._removed, low_res=self.return_low_res)
+
+    # ------------------------------------------------------------------ several prompts
+    def _tracks(self) -> list[tuple["Sam3VideoPredictor", str]]:
+        return [(self, self._text)] + self._children
+
+    def _append_prompt(self, frame_idx: int, text: str) -> dict:
+        if not self._children:  # ids seen so far keep their values
+            self._next_gid = int(self._state.max_obj_id) + 1
+            self._gid = {(0, i): i for i in range(self._next_gid)}
+        child = Sam3VideoPredictor(self.params, self.config, self.video_config, tokenizer=self.tokenizer,
+                                   mesh=self.mesh, rules=self.rules)
+        child._frames, child._caching = self._frames, self._caching
+        child.return_low_res = self.return_low_res
+        child.reset()
+        self._children.append((child, text))
+        return self._globalize(len(self._children), child.add_prompt(frame_idx, text))
+
+    def _global_id(self, k: int, local: int) -> int:
+        key = (k, int(local))
+        if key not in self._gid:
+            self._gid[key] = self._next_gid
+            self._next_gid += 1
+        return self._gid[key]
+
+    def _globalize(self, k: int, out: dict) -> dict:
+        """One prompt's outputs with session-wide ids and the prompt of each object."""
+        ids = np.asarray([self._global_id(k, i) for i in out["obj_ids"]], np.int64)
+        return {**out, "obj_ids": ids, "prompts": [self._tracks()[k][1]] * len(ids)}
+
+    def _route(self, obj_id: int) -> tuple[int, Optional[int]]:
+        """(prompt index, its own id) of a session-wide id; (0, None) for an id not in use."""
+        for (k, local), g in self._gid.items():
+            if g == obj_id:
+                return k, local
+        return 0, None
+
+    def _merge(self, outs: list[dict]) -> dict:
+        """Outputs of every prompt on one frame -> one set, in id order."""
+        ids = np.concatenate([o["obj_ids"] for o in outs])
+        order = np.argsort(ids, kind="stable")
+        merged = {"obj_ids": ids[order], "prompts": [p for o in outs for p in o["prompts"]]}
+        merged["prompts"] = [merged["prompts"][i] for i in order]
+        for key in outs[0]:
+            if key not in merged:
+                merged[key] = np.concatenate([o[key] for o in outs])[order]
+        return merged
 
     def add_points(self, frame_idx: int, obj_id: int, points: Any, labels: Any, *, normalized: bool = True) -> dict:
         """Clicks on one object on any frame: refines a tracked object, or adds a new one under a new
@@ -327,7 +391,15 @@ class Sam3VideoPredictor:
             raise ValueError(f"labels must be {len(pts)} values in {{0, 1, 2, 3}}, got {lab.tolist()}")
         if not np.isfinite(pts).all():
             raise ValueError("points must be finite")
-        return self._click(frame_idx, obj_id, pts, lab.astype(np.int32), normalized)
+        if not self._children:
+            return self._click(frame_idx, obj_id, pts, lab.astype(np.int32), normalized)
+        k, local = self._route(obj_id)
+        track = self._tracks()[k][0]
+        if local is None:  # a new object joins the first prompt under a fresh id of its own
+            local = max([int(track._state.max_obj_id)] + [i for (j, i) in self._gid if j == k]) + 1
+            self._gid[(k, local)] = obj_id
+            self._next_gid = max(self._next_gid, obj_id + 1)
+        return self._globalize(k, track._click(frame_idx, local, pts, lab.astype(np.int32), normalized))
 
     def add_box(self, frame_idx: int, obj_id: int, box: Any, *, normalized: bool = True) -> dict:
         """A box (x0, y0, x1, y1) on one object on any frame (relative to the frame's size when
@@ -339,6 +411,8 @@ class Sam3VideoPredictor:
         return self.add_points(frame_idx, obj_id, b.reshape(2, 2), np.array([2, 3], np.int32), normalized=normalized)
 
     def _click(self, frame_idx: int, obj_id: int, pts: np.ndarray, lab: np.ndarray, normalized: bool) -> dict:
+        if not self._caching:
+            raise RuntimeError("clicks need the session's cached outputs: start_session(frames, cache_outputs=True)")
         h, w = self._video_hw
         r = self.resolution
         scale = np.array([r, r]) if normalized else np.array([r / w, r / h])
@@ -431,6 +505,15 @@ class Sam3VideoPredictor:
         """Stops tracking an object (its slot is freed; its id is not reused by detections) and drops
         it from the cached outputs."""
         self._require_session("remove_object")
+        if self._children:
+            k, local = self._route(obj_id)
+            if local is None:
+                raise KeyError(f"unknown obj_id {obj_id}; ids in use: {sorted(self._gid.values())}")
+            self._tracks()[k][0]._remove(local)
+            return
+        self._remove(obj_id)
+
+    def _remove(self, obj_id: int) -> None:
         slot = self._slot(obj_id)
         if slot is None:
             raise KeyError(f"unknown obj_id {obj_id}; live objects: {self._live_ids()}")
@@ -462,13 +545,23 @@ class Sam3VideoPredictor:
             raise RuntimeError("no frame has outputs yet: give start_frame")
         if max_frames is not None and (not isinstance(max_frames, int) or max_frames < 0):
             raise ValueError(f"max_frames must be a non-negative int or None, got {max_frames!r}")
+        if self._children and start is None:  # one frame order for every prompt
+            start = min(f for t, _ in self._tracks() for f in (t._done or {len(self._frames) - 1}))
         for reverse in {"forward": (False,), "backward": (True,), "both": (False, True)}[direction]:
-            yield from self._propagate_once(start, max_frames, reverse)
+            if not self._children:
+                yield from self._propagate_once(start, max_frames, reverse)
+                continue
+            gens = [t._propagate_once(start, max_frames, reverse) for t, _ in self._tracks()]
+            for items in zip(*gens):
+                frame_idx = items[0][0]
+                if any(f != frame_idx for f, _ in items):  # one order for all (same start and direction)
+                    raise RuntimeError(f"prompts propagated out of step: frames {[f for f, _ in items]}")
+                yield frame_idx, self._merge([self._globalize(k, out) for k, (_, out) in enumerate(items)])
 
     def _next_propagation(self) -> tuple[str, Optional[list[int]]]:
-        """The official `parse_action_history_for_propagation`."""
+        """The official `parse_action_history_for_propagation` (without an output cache: always full)."""
         acts = self._actions
-        if not acts:
+        if not acts or not self._caching:
             return "full", None
         kind, frame, ids = acts[-1]
         if kind in ("full", "partial", "fetch"):
@@ -524,7 +617,8 @@ class Sam3VideoPredictor:
             for f, out in ready:
                 suppressed = {int(i) for i in np.asarray(out["obj_id"])[np.asarray(out["suppressed"])]}
                 hidden = set(self._removed) | suppressed
-                self._cache.settle(f, hidden, suppressed)
+                if self._caching:
+                    self._cache.settle(f, hidden, suppressed)
                 yield f, postprocess(out, hidden, low_res=self.return_low_res)
 
     def _propagate_partial(self, order: range, ids: list[int], reverse: bool) -> Iterator[tuple[int, dict]]:
@@ -579,7 +673,9 @@ class Sam3VideoPredictor:
     def counts(self) -> dict[str, int]:
         """Outcomes the fixed capacities forced so far: births dropped for lack of an object slot,
         memory writes dropped for lack of a memory slot."""
-        return {"births_dropped": int(self._state.num_dropped), "memory_dropped": int(self._state.memory_dropped)}
+        tracks = [t for t, _ in self._tracks()]
+        return {"births_dropped": sum(int(t._state.num_dropped) for t in tracks),
+                "memory_dropped": sum(int(t._state.memory_dropped) for t in tracks)}
 
 
 def _check_obj_id(obj_id: Any) -> int:

@@ -394,7 +394,7 @@ def postprocess(outputs: Mapping[str, Any], hidden: Optional[Any] = None, *, low
     ids = np.asarray(outputs["obj_id"])
     present = np.asarray(outputs["present"])
     masks = np.asarray(outputs["masks"])
-    keep = present & masks.reshape(masks.shape[0], -1).any(axis=1)
+    keep = present & masks.any(axis=(1, 2))
     if hidden is not None:
         keep &= ~np.isin(ids, np.asarray(sorted(hidden), np.int64))
     sel = np.flatnonzero(keep)
