@@ -177,3 +177,30 @@ def test_eviction_prefers_frames_the_filter_rejects():
     m, _ = add_memory(m, 2, *one(2), False, eff_score=jnp.array([0.0]))
     m, _ = add_memory(m, 3, *one(3), False, eff_score=jnp.array([0.5]), evict_below=0.01)
     assert sorted(np.asarray(m.frame[0]).tolist()) == [0, 1, 3]  # frame 2 (score 0) went, not frame 1
+
+
+@pytest.mark.parametrize("selection", [False, True])
+def test_compact_bank_keeps_every_valid_slot(selection):
+    """`compact_bank` to `spatial_capacity` slots keeps exactly the valid spatial slots (features and
+    temporal positions), with and without the selection filter, forward and reverse."""
+    from sam3_jax.model.tracker.track_memory import compact_bank, spatial_capacity
+
+    cap = spatial_capacity(SLOTS, num_maskmem=SEL["num_maskmem"], max_cond_frames_in_attn=SEL["max_cond_frames_in_attn"])
+    assert cap == 10
+    rng = np.random.default_rng(5 + selection)
+    fns = {r: jax.jit(lambda m, f, n, r=r: memory_bank_at(m, f, num_frames=n, reverse=r, memory_selection=selection,
+                                                         **SEL)) for r in (False, True)}
+    for i in range(60):
+        reverse = bool(i % 2)
+        num_frames = int(rng.integers(3, 40))
+        cond, non_cond = _history(rng, num_frames)
+        memory = _memory(cond, non_cond, SLOTS)
+        memory = memory.replace(features=jnp.asarray(rng.normal(size=memory.features.shape), jnp.float32),
+                                eff_score=jnp.asarray(rng.choice([0.0, 0.5], size=(1, SLOTS)), jnp.float32))
+        bank = fns[reverse](memory, int(rng.integers(0, num_frames)), num_frames)
+        small = compact_bank(bank, cap)
+        assert small.features.shape[1] == cap and int(bank.valid.sum()) == int(small.valid.sum()) <= cap
+        full = sorted((int(t), float(f)) for t, f, v in zip(bank.tpos[0], bank.features[0, :, 0, 0, 0], bank.valid[0]) if v)
+        kept = sorted((int(t), float(f)) for t, f, v in zip(small.tpos[0], small.features[0, :, 0, 0, 0], small.valid[0])
+                      if v)
+        assert kept == full

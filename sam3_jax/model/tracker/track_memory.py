@@ -151,6 +151,30 @@ def memory_bank_at(
     )
 
 
+def spatial_capacity(num_slots: int, *, num_maskmem: int, max_cond_frames_in_attn: int) -> int:
+    """How many spatial slots `memory_bank_at` can mark valid at once: the selected conditioning
+    frames plus the num_maskmem - 1 recent ones (all K when every conditioning frame is used)."""
+    if max_cond_frames_in_attn == -1:
+        return num_slots
+    return min(num_slots, max_cond_frames_in_attn + num_maskmem - 1)
+
+
+def compact_bank(bank: MemoryBank, spatial: int) -> MemoryBank:
+    """The same bank with only `spatial` spatial slots, the valid ones first (in slot order): the
+    attention then reads spatial x g x g memory tokens instead of K x g x g, with the same valid
+    set (invalid slots are masked out anyway). `spatial` must be >= the valid count
+    (`spatial_capacity`)."""
+    if spatial >= bank.valid.shape[1]:
+        return bank
+    order = jnp.argsort(~bank.valid, axis=1, stable=True)[:, :spatial]
+
+    def take(x):
+        idx = order.reshape(order.shape + (1,) * (x.ndim - 2))
+        return jnp.take_along_axis(x, idx, axis=1)
+
+    return bank.replace(features=take(bank.features), tpos=take(bank.tpos), valid=take(bank.valid))
+
+
 def _filtered_ranks(memory, frame_idx, num_frames, t_rel, other, max_num, threshold, reverse):
     """The official `frame_filter` as ranks: (B, K) int32 rank of each slot in the filtered list
     (1 = the adjacent frame; 0 = not in it) and (B,) the list's length."""

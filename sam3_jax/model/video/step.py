@@ -48,7 +48,8 @@ import jax.numpy as jnp
 
 from sam3_jax.layers.components import fill_holes_in_mask_scores
 from sam3_jax.layers.resize import resize_bilinear, resize_bilinear_aa_exact
-from sam3_jax.model.tracker.track_memory import EMPTY, TrackMemory, add_memory, memory_bank_at
+from sam3_jax.model.tracker.track_memory import (EMPTY, TrackMemory, add_memory, compact_bank, memory_bank_at,
+                                                  spatial_capacity)
 from sam3_jax.model.tracker.tracker import MASK_BIAS, MASK_SCALE, encode_memory, track_step, use_mask_as_output
 from sam3_jax.model.video import merge
 from sam3_jax.model.video.merge import MergeConfig
@@ -240,6 +241,8 @@ def track_frame(params: Mapping[str, Any], cfg, vcfg: VideoConfig, state: VideoS
                           max_cond_frames_in_attn=tcfg.max_cond_frames_in_attn,
                           max_obj_ptrs_in_encoder=tcfg.max_obj_ptrs_in_encoder, reverse=reverse,
                           memory_selection=vcfg.memory_selection, mf_threshold=vcfg.mf_threshold)
+    bank = compact_bank(bank, spatial_capacity(mem.frame.shape[1], num_maskmem=tcfg.num_maskmem,
+                                               max_cond_frames_in_attn=tcfg.max_cond_frames_in_attn))
     idle = ~jnp.any(bank.valid, axis=1)
     bank = bank.replace(valid=bank.valid.at[:, 0].set(bank.valid[:, 0] | idle))
     prop = track_step(tparams, cfg, sam2_out, bank, is_init_cond_frame=False, multimask_output=True,
