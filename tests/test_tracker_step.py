@@ -260,7 +260,9 @@ def test_step_with_slot_memory_equals_official(official, params, frames, video_r
     _compare(ours, ref, "slot memory")
 
 
-@pytest.mark.parametrize("reverse", [False, True])
+# reverse: on demand (-m slow); the reverse frame choice is checked on random histories in
+# tests/test_track_memory.py and end to end by the video model's backward parity
+@pytest.mark.parametrize("reverse", [False, pytest.param(True, marks=pytest.mark.slow)])
 def test_chained_propagation_equals_official(official, params, frames, tiny_cfg, reverse):
     """Two objects given as masks on frame 0 (frame 9 in reverse), then tracked over the other
     frames (forward, or backward as the official `track_in_reverse`) with our own memory
