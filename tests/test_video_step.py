@@ -173,6 +173,46 @@ def test_backward_matches_official(zoo, clip, seed):
         _compare(ours[f], ref[f], f"frame {f} (reverse)")
 
 
+def test_reconditioning_matches_official(tiny_cfg):
+    """Periodic reconditioning (a track re-prompted with a high-confidence matched detection's mask)
+    against the official model. Random weights never reach the official fixed 0.8 detection
+    confidence, so both models get the same confident shift (`make_confident_`); reconditioning every
+    2nd frame on an 8-frame clip: object 0 is reconditioned on frame 0 (revisited when propagation
+    starts), and every frame after it, tracked from that memory, is identical."""
+    from sam3_jax.convert.convert import convert_image_model
+    from sam3_jax.data.synthetic_video import SyntheticVideoSource
+    from sam3_jax.parity.oracle import state_dict_numpy
+    from sam3_jax.parity.video import (build_video_model, make_confident_, run_official_session,
+                                       video_config_for_random_weights)
+    from sam3_jax.predict.video import Sam3VideoPredictor
+
+    vcfg = video_config_for_random_weights(**{**LOW, "max_objects": 4, "recondition_every_nth_frame": 2})
+    src = SyntheticVideoSource("val", seed=1, num_frames=8, canvas=tiny_cfg.image_size, max_objects=4, min_objects=3)
+    short = [np.asarray(f) for f in src[0]["frames"]]
+    official = make_confident_(build_video_model(tiny_cfg, 7, vcfg), score_scale=8.0, obj_score_bias=6.0)
+    params, _ = convert_image_model(state_dict_numpy(official), tiny_cfg, tracker=True)
+    predictor = Sam3VideoPredictor(params, tiny_cfg, vcfg)
+    reconditioned = []
+    run = predictor._run
+
+    def counting_run(frame_idx, reverse, allow_new=True):
+        out = run(frame_idx, reverse, allow_new)
+        reconditioned.extend((frame_idx, int(i)) for i in np.asarray(out["obj_id"])[np.asarray(out["reconditioned"])])
+        return out
+
+    predictor._run = counting_run
+    actions = [("text", 0, TEXT), ("propagate", None, False)]
+    ref = run_official_session(official, short, actions)
+    ours = _session(predictor, short, actions)
+    assert reconditioned == [(0, 0)]
+    assert predictor.counts["births_dropped"] == 0
+    _compare(ours[0], ref[0], "add_prompt frame 0")
+    assert list(ours[1]) == list(ref[1]) == list(range(len(short)))
+    for f in ref[1]:
+        _compare(ours[1][f], ref[1][f], f"frame {f}")
+    assert all(len(o["obj_ids"]) for o in ref[1].values())
+
+
 def test_sharded_objects_equal_single_device(zoo, clip, tiny_cfg, vcfg):
     """The state's object axis split over 8 (simulated) devices gives the same ids, scores, masks
     and boxes as one device."""

@@ -149,3 +149,17 @@ def run_official_session(model, frames: Sequence[np.ndarray], actions: Sequence[
             else:
                 raise ValueError(f"unknown action {kind!r}")
     return results
+
+
+def make_confident_(model, *, presence_bias: float = 6.0, score_scale: float = 4.0, obj_score_bias: float = 3.0):
+    """Shifts the official model's random weights (in place) so that it is sure of itself: the
+    presence head's output bias up (presence ~1), the detector's query projection for the dot-product
+    score scaled (scores spread towards 0 and 1) and the tracker's object-score bias up. Random weights
+    otherwise never reach the official fixed 0.8 confidence that periodic reconditioning needs."""
+    state = model.state_dict()
+    with torch.no_grad():
+        state["detector.transformer.decoder.presence_token_head.layers.2.bias"].add_(presence_bias)
+        state["detector.dot_prod_scoring.hs_proj.weight"].mul_(score_scale)
+        state["detector.dot_prod_scoring.hs_proj.bias"].mul_(score_scale)
+        state["tracker.sam_mask_decoder.pred_obj_score_head.layers.2.bias"].add_(obj_score_bias)
+    return model
