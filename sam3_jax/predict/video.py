@@ -13,6 +13,15 @@ tracking from that frame (a new prompt replaces the previous one, as there) and 
 frame's objects; `propagate` yields every frame from the start frame on, held back by
 `hotstart_delay` frames so that objects the hot-start rules remove are hidden on the frames
 already computed too (the last frames come out together at the end).
+
+    predictor.add_box(6, obj_id=0, box=[0.2, 0.2, 0.6, 0.7])      # or add_points(6, 0, points, labels)
+    for frame_idx, out in predictor.propagate("both", start_frame=6):  # tracker-only for object 0's group
+        ...
+    predictor.add_prompt(0, text="dog", append=True)               # a second concept in the session
+
+Clicks, and what each later `propagate` does (detect and track, tracker only for the clicked
+objects, or cached outputs), follow the official interactive session
+(`Sam3VideoInferenceWithInstanceInteractivity`); see `sam3_jax.model.video.interact`.
 """
 
 from __future__ import annotations
