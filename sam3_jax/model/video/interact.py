@@ -34,10 +34,10 @@ import jax
 import jax.numpy as jnp
 
 from sam3_jax.layers.components import fill_holes_in_mask_scores
-from sam3_jax.model.tracker.track_memory import EMPTY, add_memory, compact_bank, memory_bank_at, spatial_capacity
+from sam3_jax.model.tracker.track_memory import EMPTY, add_memory
 from sam3_jax.model.tracker.tracker import encode_memory, track_step, use_mask_as_output
 from sam3_jax.model.video import merge
-from sam3_jax.model.video.step import NO_OBJ_SCORE, VideoConfig, VideoState, _resize, eff_iou_score
+from sam3_jax.model.video.step import NO_OBJ_SCORE, VideoConfig, VideoState, _resize, eff_iou_score, frame_bank
 
 NO_EFF_SCORE = -jnp.inf  # an output without a memory-selection score (never picked by the filter)
 PREV_MASK_CLAMP = 32.0
@@ -112,17 +112,9 @@ def track_partial(params: Mapping[str, Any], cfg, vcfg: VideoConfig, state: Vide
     store its self-encoded memory. -> (new state, outputs over the slots: raw_low / raw_score (what
     the tracker keeps for the frame), low (hole-filled), masks (N, H, W) bool at the video's size,
     score (the object-score logit, the official refined tracker score))."""
-    tcfg = cfg.tracker
     mem = state.memory
     frame_idx = jnp.asarray(frame_idx, jnp.int32)
-    bank = memory_bank_at(mem, frame_idx, num_frames=num_frames, num_maskmem=tcfg.num_maskmem,
-                          max_cond_frames_in_attn=tcfg.max_cond_frames_in_attn,
-                          max_obj_ptrs_in_encoder=tcfg.max_obj_ptrs_in_encoder, reverse=reverse,
-                          memory_selection=vcfg.memory_selection, mf_threshold=vcfg.mf_threshold)
-    bank = compact_bank(bank, spatial_capacity(mem.frame.shape[1], num_maskmem=tcfg.num_maskmem,
-                                               max_cond_frames_in_attn=tcfg.max_cond_frames_in_attn))
-    idle = ~jnp.any(bank.valid, axis=1)
-    bank = bank.replace(valid=bank.valid.at[:, 0].set(bank.valid[:, 0] | idle))
+    bank = frame_bank(cfg, vcfg, mem, frame_idx, num_frames, reverse=reverse)
     out = track_step(params["tracker"], cfg, sam2_out, bank, is_init_cond_frame=False, multimask_output=True,
                      run_mem_encoder=True)
     here = (mem.frame == frame_idx) & (mem.frame != EMPTY)

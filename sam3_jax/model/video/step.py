@@ -50,7 +50,8 @@ from sam3_jax.layers.components import fill_holes_in_mask_scores
 from sam3_jax.layers.resize import resize_bilinear, resize_bilinear_aa_exact
 from sam3_jax.model.tracker.track_memory import (EMPTY, TrackMemory, add_memory, compact_bank, memory_bank_at,
                                                   spatial_capacity)
-from sam3_jax.model.tracker.tracker import MASK_BIAS, MASK_SCALE, encode_memory, track_step, use_mask_as_output
+from sam3_jax.model.tracker.tracker import (MASK_BIAS, MASK_SCALE, MemoryBank, encode_memory, track_step,
+                                            use_mask_as_output)
 from sam3_jax.model.video import merge
 from sam3_jax.model.video.merge import MergeConfig
 
@@ -197,6 +198,23 @@ def _reset_rows(memory: TrackMemory, rows: jax.Array) -> TrackMemory:
                           eff_score=jnp.where(r2, 0.0, memory.eff_score))
 
 
+def frame_bank(cfg, vcfg: VideoConfig, mem: TrackMemory, frame_idx: jax.Array, num_frames: jax.Array, *,
+               reverse: bool) -> MemoryBank:
+    """The memory every object slot attends to on a frame: the official choice (`memory_bank_at`,
+    with the video tracker's selection filter), cut to the spatial slots that choice can mark valid
+    (`compact_bank`); a slot with no valid memory (free) gets its first one marked valid so that its
+    attention is defined (its output is never read)."""
+    t = cfg.tracker
+    bank = memory_bank_at(mem, frame_idx, num_frames=num_frames, num_maskmem=t.num_maskmem,
+                          max_cond_frames_in_attn=t.max_cond_frames_in_attn,
+                          max_obj_ptrs_in_encoder=t.max_obj_ptrs_in_encoder, reverse=reverse,
+                          memory_selection=vcfg.memory_selection, mf_threshold=vcfg.mf_threshold)
+    bank = compact_bank(bank, spatial_capacity(mem.frame.shape[1], num_maskmem=t.num_maskmem,
+                                               max_cond_frames_in_attn=t.max_cond_frames_in_attn))
+    idle = ~jnp.any(bank.valid, axis=1)
+    return bank.replace(valid=bank.valid.at[:, 0].set(bank.valid[:, 0] | idle))
+
+
 def _only_if(pred: jax.Array, fn, *operands):
     """fn(*operands) where `pred`, else zeros of its result's shapes (`lax.cond`: the work runs only
     on frames that need it; callers read the result only where it applies)."""
@@ -228,7 +246,7 @@ def track_frame(params: Mapping[str, Any], cfg, vcfg: VideoConfig, state: VideoS
     this frame), suppressed (hidden by the keep-alive rule), occluded (blanked before memory
     encoding), reconditioned, raw_low / raw_score (the tracker's own output of the frame, which
     click refinement reads); and the frame's counts."""
-    mcfg, tcfg = vcfg.merge, cfg.tracker
+    mcfg = vcfg.merge
     tparams = params["tracker"]
     n = state.alive.shape[0]
     g = cfg.image_size // cfg.vit.patch_size
@@ -236,15 +254,8 @@ def track_frame(params: Mapping[str, Any], cfg, vcfg: VideoConfig, state: VideoS
     frame_idx = jnp.asarray(frame_idx, jnp.int32)
     alive, ids, mem = state.alive, state.obj_id, state.memory
 
-    # 2. propagation (a free slot gets one harmless valid memory so that its attention is defined)
-    bank = memory_bank_at(mem, frame_idx, num_frames=num_frames, num_maskmem=tcfg.num_maskmem,
-                          max_cond_frames_in_attn=tcfg.max_cond_frames_in_attn,
-                          max_obj_ptrs_in_encoder=tcfg.max_obj_ptrs_in_encoder, reverse=reverse,
-                          memory_selection=vcfg.memory_selection, mf_threshold=vcfg.mf_threshold)
-    bank = compact_bank(bank, spatial_capacity(mem.frame.shape[1], num_maskmem=tcfg.num_maskmem,
-                                               max_cond_frames_in_attn=tcfg.max_cond_frames_in_attn))
-    idle = ~jnp.any(bank.valid, axis=1)
-    bank = bank.replace(valid=bank.valid.at[:, 0].set(bank.valid[:, 0] | idle))
+    # 2. propagation
+    bank = frame_bank(cfg, vcfg, mem, frame_idx, num_frames, reverse=reverse)
     prop = track_step(tparams, cfg, sam2_out, bank, is_init_cond_frame=False, multimask_output=True,
                       run_mem_encoder=False)
     here = (mem.frame == frame_idx) & (mem.frame != EMPTY)
