@@ -117,6 +117,8 @@ def _session(predictor, clip, actions):
         for act in actions:
             if act[0] == "text":
                 results.append(predictor.add_prompt(act[1], act[2]))
+            elif act[0] == "box":
+                results.append(predictor.add_prompt(act[1], act[2], boxes=[act[3]], box_labels=[act[4]]))
             elif act[0] == "points":
                 results.append(predictor.add_points(act[1], act[2], act[3], act[4]))
             else:
@@ -141,13 +143,7 @@ def test_forward_and_clicks_match_official(zoo, clip, seed):
     assert predictor._step._cache_size() == 1
     _compare(ours[0], ref[0], "add_prompt frame 0")
     assert sorted(ours[1]) == sorted(ref[1]) == list(range(NUM_FRAMES))
-    for k, act in enumerate(actions[1:], start=1):
-        if act[0] == "propagate":
-            assert list(ours[k]) == list(ref[k]), f"action {k} {act}: frames {list(ours[k])} vs {list(ref[k])}"
-            for f in ref[k]:
-                _compare(ours[k][f], ref[k][f], f"action {k} {act}, frame {f}")
-        else:
-            _compare(ours[k], ref[k], f"action {k} {act}")
+    _compare_session(ours, ref, actions)
     ids = set().union(*(set(o["obj_ids"].tolist()) for o in ref[1].values()))
     assert len(ids) >= 2, f"the clip should track several objects, got ids {sorted(ids)}"
     # objects are created after frame 0 and some present ones are hidden again
@@ -156,6 +152,43 @@ def test_forward_and_clicks_match_official(zoo, clip, seed):
     after = [k for k, a in enumerate(actions) if a[0] == "propagate" and k > 1]
     same = lambda a, b: a["obj_ids"].tolist() == b["obj_ids"].tolist() and np.array_equal(a["masks"], b["masks"])  # noqa: E731
     assert any(not same(ref[k][f], ref[1][f]) for k in after for f in ref[k])
+
+
+def _compare_session(ours, ref, actions):
+    for k, act in enumerate(actions):
+        if act[0] == "propagate":
+            assert list(ours[k]) == list(ref[k]), f"action {k} {act}: frames {list(ours[k])} vs {list(ref[k])}"
+            for f in ref[k]:
+                _compare(ours[k][f], ref[k][f], f"action {k} {act}, frame {f}")
+        else:
+            _compare(ours[k], ref[k], f"action {k} {act}")
+
+
+EXEMPLAR = [0.25, 0.3, 0.65, 0.8]  # x0, y0, x1, y1 relative to the frame
+
+
+def test_exemplar_box_prompt_matches_official(zoo, clip):
+    """An exemplar box as the video prompt (the official visual prompt: the box joins the detector's
+    prompt on its frame only): a box alone on a middle frame (new objects there only; the other
+    frames track them), propagated forward then backward; then a text with a negative box on frame 0
+    (new objects from the text on every frame)."""
+    from sam3_jax.parity.video import run_official_session
+
+    official, _, predictor = zoo(1)
+    sessions = [[("box", 3, None, EXEMPLAR, True), ("propagate", None, False), ("propagate", None, True)],
+                [("box", 0, TEXT, EXEMPLAR, False), ("propagate", None, False)]]
+    predictor._step.clear_cache()
+    for actions in sessions:
+        ref = run_official_session(official, clip, actions)
+        ours = _session(predictor, clip, actions)
+        _compare_session(ours, ref, actions)
+        if actions[0][2] is None:
+            born = set(ref[0]["obj_ids"].tolist())
+            seen = set().union(*(set(o["obj_ids"].tolist()) for p in ref[1:] for o in p.values()))
+            assert born and seen and seen <= born, f"a box alone: objects {sorted(seen)} vs born on its frame {born}"
+            assert sorted(ours[1]) == list(range(3, NUM_FRAMES)) and sorted(ours[2]) == [0, 1, 2]
+    # one compiled step per direction serves both sessions (the box on its frame, padding elsewhere)
+    assert predictor._step._cache_size() == 2
 
 
 @pytest.mark.parametrize("seed", SEEDS)
@@ -195,8 +228,8 @@ def test_reconditioning_matches_official(tiny_cfg):
     reconditioned = []
     run = predictor._run
 
-    def counting_run(frame_idx, reverse, allow_new=True):
-        out = run(frame_idx, reverse, allow_new)
+    def counting_run(frame_idx, reverse):
+        out = run(frame_idx, reverse)
         reconditioned.extend((frame_idx, int(i)) for i in np.asarray(out["obj_id"])[np.asarray(out["reconditioned"])])
         return out
 

@@ -122,6 +122,9 @@ def run_official_session(model, frames: Sequence[np.ndarray], actions: Sequence[
     """Drives one official session through `actions`, in order, and returns one result per action:
 
       ("text", frame, text)                    add_prompt(frame, text_str=text) -> that frame's outputs
+      ("box", frame, text, box, label)          add_prompt(frame, text_str=text (None: a box alone),
+                                               boxes_xywh=[box as xywh], box_labels=[label]), box given as
+                                               relative [x0, y0, x1, y1] -> that frame's outputs
       ("points", frame, obj_id, points, labels) add_prompt(frame, points=, point_labels=, obj_id=)
                                                (points relative to the frame, as the official default)
                                                -> that frame's outputs
@@ -136,6 +139,11 @@ def run_official_session(model, frames: Sequence[np.ndarray], actions: Sequence[
             kind = act[0]
             if kind == "text":
                 _, out = model.add_prompt(state, act[1], text_str=act[2])
+                results.append(_outputs(out))
+            elif kind == "box":
+                _, frame, text, (x0, y0, x1, y1), label = act
+                _, out = model.add_prompt(state, frame, text_str=text, boxes_xywh=[[x0, y0, x1 - x0, y1 - y0]],
+                                          box_labels=[int(label)])
                 results.append(_outputs(out))
             elif kind == "points":
                 _, frame, obj_id, points, labels = act

@@ -40,8 +40,9 @@ import numpy as np
 
 from sam3_jax.formats.image import resize_uint8, to_uint8_rgb
 from sam3_jax.model.tokenizer import ClipTokenizer
+from sam3_jax.predict.predictor import VISUAL_PROMPT_TEXT
 from sam3_jax.model.video import interact
-from sam3_jax.model.video.step import NO_OBJ_SCORE, VideoConfig, VideoState, postprocess, video_step
+from sam3_jax.model.video.step import NO_OBJ_SCORE, VideoConfig, VideoState, encode_frame, frame_step, postprocess
 
 _IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
@@ -132,14 +133,13 @@ def _compiled(cfg_json: str, vcfg: VideoConfig):
         return model.apply({"params": det_params}, tokens, method=Sam3Image.forward_text)
 
     @functools.partial(jax.jit, static_argnames=("reverse", "video_hw"), donate_argnames=("state",))
-    def step(params, state, image, text_out, frame_idx, num_frames, allow_new, *, reverse, video_hw):
-        return video_step(params, cfg, vcfg, state, image, text_out, frame_idx, num_frames, allow_new,
+    def step(params, state, feats, text_out, frame_idx, num_frames, allow_new, geo, *, reverse, video_hw):
+        return frame_step(params, cfg, vcfg, state, feats, text_out, frame_idx, num_frames, allow_new, geo,
                           reverse=reverse, video_hw=video_hw)
 
     @jax.jit
-    def encode_frame(params, image):
-        det_params = {k: v for k, v in params.items() if k != "tracker"}
-        return model.apply({"params": det_params}, image, method=Sam3Image.forward_image)["sam2_backbone_out"]
+    def encode(params, image):
+        return encode_frame(params, cfg, image)
 
     @functools.partial(jax.jit, static_argnames=("multimask_output",))
     def click(params, sam2_out, points, labels, prev_low, *, multimask_output):
@@ -161,7 +161,7 @@ def _compiled(cfg_json: str, vcfg: VideoConfig):
         return interact.track_partial(params, cfg, vcfg, state, sam2_out, frame_idx, num_frames, active, stored_low,
                                       stored_score, reverse=reverse, video_hw=video_hw)
 
-    return _Compiled(encode_text, step, encode_frame, click, commit, click_mask, partial)
+    return _Compiled(encode_text, step, encode, click, commit, click_mask, partial)
 
 
 class Sam3VideoPredictor:
@@ -193,6 +193,12 @@ class Sam3VideoPredictor:
         self._frames: Optional[_Frames] = None
         self._caching = True
         self._text_out = None
+        self._geo: Optional[tuple[np.ndarray, int]] = None  # the visual prompt's box (cxcywh) and label
+        self._has_text = False
+        # the latest frames' backbone features, shared by the session's concepts (a frame is encoded
+        # once whether it is prompted, propagated, clicked or tracked again from there)
+        self.feature_cache_frames = 2
+        self._features: collections.OrderedDict[int, Any] = collections.OrderedDict()
         self._state: Optional[VideoState] = None
         self._shardings = None  # the state's placement over `mesh`, fixed per session
         self._removed: set[int] = set()
@@ -218,6 +224,7 @@ class Sam3VideoPredictor:
         and clicks are refused."""
         self._frames = _Frames(frames)
         self._caching = bool(cache_outputs)
+        self._features = collections.OrderedDict()
         self.reset()
 
     @property
@@ -226,8 +233,11 @@ class Sam3VideoPredictor:
         return len(self._frames)
 
     def reset(self) -> None:
-        """Forgets the prompt, every object and every cached output (the frames stay)."""
+        """Forgets the prompt, every object and every cached output (the frames, and the features of
+        the latest ones, stay)."""
         self._text_out = None
+        self._geo = None
+        self._has_text = False
         # distinct buffers per leaf: the step donates the state
         state = jax.tree.map(lambda x: jnp.array(x, copy=True), VideoState.empty(self.config, self.video_config))
         self._shardings = None if self.mesh is None else self.state_shardings(state)
@@ -238,7 +248,6 @@ class Sam3VideoPredictor:
         self._actions: list[tuple[str, Optional[int], Optional[list[int]]]] = []  # action_history
         self._done: set[int] = set()  # frames with outputs (previous_stages_out)
         self._cache = _OutputCache()
-        self._features: dict[int, Any] = {}  # the latest frame's tracker features
         # further concept prompts of the session (add_prompt(..., append=True)): one predictor each,
         # sharing the frames; ids across prompts through `_gid` (prompt index, its own id) -> id
         self._text: Optional[str] = None
@@ -283,18 +292,36 @@ class Sam3VideoPredictor:
         return state if self._shardings is None else jax.device_put(state, self._shardings)
 
     def _frame_features(self, frame_idx: int) -> Any:
-        """The tracker neck's features of a frame (clicks, tracker-only propagation); the latest two
-        frames are kept."""
-        if frame_idx not in self._features:
-            if len(self._features) >= 2:
-                self._features.pop(next(iter(self._features)))
-            self._features[frame_idx] = self._fns.encode_frame(self.params, self._image(frame_idx))
-        return self._features[frame_idx]
+        """A frame's backbone features (the detector's and the tracker's), from the session's cache
+        of the latest `feature_cache_frames` frames, else encoded (and cached)."""
+        feats = self._features.get(frame_idx)
+        if feats is None:
+            feats = self._fns.encode_frame(self.params, self._image(frame_idx))
+            self._features[frame_idx] = feats
+            while len(self._features) > max(1, self.feature_cache_frames):
+                self._features.popitem(last=False)
+        else:
+            self._features.move_to_end(frame_idx)
+        return feats
 
-    def _run(self, frame_idx: int, reverse: bool, allow_new: bool = True) -> dict:
-        self._state, out = self._step(self.params, self._state, self._image(frame_idx), self._text_out,
+    def _geometry(self, frame_idx: int) -> Optional[tuple[jax.Array, jax.Array, jax.Array]]:
+        """The detector's geometric prompt on a frame: none in a text-only session; otherwise one box
+        slot, holding the visual prompt's box on its prompted frame and padding elsewhere (the
+        official model gives the box on that frame only)."""
+        if self._geo is None:
+            return None
+        box, label = self._geo
+        here = frame_idx == self._prompt_frame
+        return (jnp.asarray(box if here else np.zeros(4, np.float32))[None, None],
+                jnp.full((1, 1), label if here else 0, jnp.int32), jnp.full((1, 1), not here))
+
+    def _run(self, frame_idx: int, reverse: bool) -> dict:
+        # as the official `allow_new_detections`: a text prompt detects new objects on every frame, a
+        # box alone on its prompted frame only
+        allow_new = self._has_text or (self._geo is not None and frame_idx == self._prompt_frame)
+        self._state, out = self._step(self.params, self._state, self._frame_features(frame_idx), self._text_out,
                                       jnp.int32(frame_idx), jnp.int32(len(self._frames)), jnp.asarray(allow_new),
-                                      reverse=reverse, video_hw=self._video_hw)
+                                      self._geometry(frame_idx), reverse=reverse, video_hw=self._video_hw)
         self._state = self._put(self._state)  # keep the placement (one compiled step)
         out = jax.device_get(out)
         removed = np.asarray(out["obj_id"])[np.asarray(out["removed"])]
@@ -316,41 +343,91 @@ class Sam3VideoPredictor:
         return sorted(int(i) for i in ids[alive])
 
     # ------------------------------------------------------------------ prompts
-    def add_prompt(self, frame_idx: int, text: str, *, append: bool = False) -> dict:
-        """A concept prompt on a frame: detects on that frame and returns its objects. By default it
-        restarts tracking (a new prompt replaces the previous one, as in the official model); with
-        append=True it adds a concept to the session: each prompt is tracked as the official model
-        tracks one (its own objects, merge and memory), and the outputs hold every prompt's objects
-        with ids unique over the session and each object's prompt ("prompts")."""
+    def add_prompt(self, frame_idx: int, text: Optional[str] = None, *, boxes: Any = None, box_labels: Any = None,
+                   normalized: bool = True, append: bool = False) -> dict:
+        """A concept prompt on a frame: a noun phrase, an exemplar box, or both. Detects on that frame
+        and returns its objects. By default it restarts tracking (a new prompt replaces the previous
+        one, as in the official model); with append=True it adds a concept to the session: each
+        prompt is tracked as the official model tracks one (its own objects, merge and memory), and
+        the outputs hold every prompt's objects with ids unique over the session and each object's
+        prompt ("prompts": its text, or "visual" for a box alone).
+
+        boxes: one box [[x0, y0, x1, y1]] (relative to the frame's width and height when normalized,
+        else pixels), box_labels: [True] (positive, default) or [False]. As the official video
+        model's visual prompt: the box joins the detector's prompt on this frame only; with a text,
+        new objects are detected on every frame, with a box alone on this frame only (the others
+        track what it found)."""
         self._require_session("add_prompt")
         frame_idx = self._check_frame(frame_idx)
-        if not isinstance(text, str) or not text.strip():
+        if text is not None and (not isinstance(text, str) or not text.strip()):
             raise ValueError(f"text must be a non-empty string, got {text!r}")
+        geo = self._exemplar(boxes, box_labels, normalized)
+        if text is None and geo is None:
+            raise ValueError("empty prompt: give a text, an exemplar box (boxes=[[x0, y0, x1, y1]]), or both")
         if append and self._text_out is not None:
-            return self._append_prompt(frame_idx, text)
+            return self._append_prompt(frame_idx, text, geo)
+        return self._start_prompt(frame_idx, text, geo)
+
+    def _start_prompt(self, frame_idx: int, text: Optional[str], geo: Optional[tuple[np.ndarray, int]]) -> dict:
         self.reset()
-        self._text = text
-        tokens = self.tokenizer([text], context_length=int(self.config.text.context_length))
+        self._text = text if text is not None else VISUAL_PROMPT_TEXT
+        self._has_text = text is not None and text != VISUAL_PROMPT_TEXT  # the official reads "visual" as no text
+        self._geo = geo
+        tokens = self.tokenizer([self._text], context_length=int(self.config.text.context_length))
         self._text_out = self._encode_text(self.params, jnp.asarray(tokens))
         self._prompt_frame = frame_idx
         out = self._run(frame_idx, reverse=False)
         return postprocess(out, self._removed, low_res=self.return_low_res)
 
+    def _exemplar(self, boxes: Any, box_labels: Any, normalized: bool) -> Optional[tuple[np.ndarray, int]]:
+        """boxes / box_labels of `add_prompt` -> (normalised cxcywh float32 (4,), label) or None."""
+        if boxes is None:
+            if box_labels is not None:
+                raise ValueError("box_labels given without boxes")
+            return None
+        b = np.asarray(boxes, np.float64)
+        if b.ndim == 1:
+            b = b[None]
+        if b.ndim != 2 or b.shape[1] != 4:
+            raise ValueError(f"boxes must be [[x0, y0, x1, y1]], got shape {np.asarray(boxes).shape}")
+        if len(b) != 1:
+            raise ValueError(f"a video prompt takes one exemplar box (the official visual prompt), got {len(b)}; "
+                             "refine objects with add_box / add_points instead")
+        if not np.isfinite(b).all():
+            raise ValueError("boxes must be finite")
+        x0, y0, x1, y1 = b[0]
+        if not normalized:
+            h, w = self._video_hw
+            x0, x1, y0, y1 = x0 / w, x1 / w, y0 / h, y1 / h
+        if x1 < x0 or y1 < y0:
+            raise ValueError(f"box {b[0].tolist()} has x1 < x0 or y1 < y0 (expected [x0, y0, x1, y1])")
+        if min(x0, y0) < 0 or max(x1, y1) > 1:
+            raise ValueError(f"box {b[0].tolist()} lies outside the frame")
+        labels = [True] if box_labels is None else list(np.asarray(box_labels).reshape(-1))
+        if len(labels) != 1 or not isinstance(labels[0], (bool, np.bool_)) and labels[0] not in (0, 1):
+            raise ValueError(f"box_labels must be one boolean (True = positive), got {box_labels!r}")
+        if not labels[0]:
+            logging.warning("a negative box is the visual prompt (the official model warns of this too)")
+        x, y, w, h = np.array([x0, y0, x1 - x0, y1 - y0], np.float32)  # the official takes xywh, in float32
+        cxcywh = np.array([x + np.float32(0.5) * w, y + np.float32(0.5) * h, w, h], np.float32)
+        return cxcywh, int(bool(labels[0]))
+
     # ------------------------------------------------------------------ several prompts
     def _tracks(self) -> list[tuple["Sam3VideoPredictor", str]]:
         return [(self, self._text)] + self._children
 
-    def _append_prompt(self, frame_idx: int, text: str) -> dict:
+    def _append_prompt(self, frame_idx: int, text: Optional[str], geo: Optional[tuple[np.ndarray, int]]) -> dict:
         if not self._children:  # ids seen so far keep their values
             self._next_gid = int(self._state.max_obj_id) + 1
             self._gid = {(0, i): i for i in range(self._next_gid)}
         child = Sam3VideoPredictor(self.params, self.config, self.video_config, tokenizer=self.tokenizer,
                                    mesh=self.mesh, rules=self.rules)
-        child._frames, child._caching = self._frames, self._caching
+        child._frames, child._caching, child._features = self._frames, self._caching, self._features
         child.return_low_res = self.return_low_res
+        child.feature_cache_frames = self.feature_cache_frames
         child.reset()
-        self._children.append((child, text))
-        return self._globalize(len(self._children), child.add_prompt(frame_idx, text))
+        self._children.append((child, text if text is not None else VISUAL_PROMPT_TEXT))
+        return self._globalize(len(self._children), child._start_prompt(frame_idx, text, geo))
 
     def _global_id(self, k: int, local: int) -> int:
         key = (k, int(local))
@@ -442,7 +519,7 @@ class Sam3VideoPredictor:
             slot = int(free[0])
             self._state = self._put(interact.new_object(self._state, slot, obj_id))
             self._cache.new_object(obj_id)
-        sam2 = self._frame_features(frame_idx)
+        sam2 = self._frame_features(frame_idx)["sam2_backbone_out"]
         prev = None if new else self._cache.raw.get(frame_idx, {}).get(obj_id)
         prev_low = None if prev is None else jnp.asarray(prev[0])[None]
         click = self._fns.click(self.params, sam2, jnp.asarray(pts)[None], jnp.asarray(lab)[None], prev_low,
@@ -639,7 +716,7 @@ class Sam3VideoPredictor:
         rows = np.flatnonzero(active)
         alone = {int(g): int(np.sum(active & (group == g))) == 1 for g in group[rows]}
         for frame_idx in order:
-            sam2 = self._frame_features(frame_idx)
+            sam2 = self._frame_features(frame_idx)["sam2_backbone_out"]
             stored_low, stored_score, _ = self._stored(frame_idx)
             self._state, out = self._fns.partial(self.params, self._state, sam2, jnp.int32(frame_idx),
                                                  jnp.int32(len(self._frames)), jnp.asarray(active), stored_low,

@@ -127,20 +127,33 @@ def inverse_sigmoid(x: jax.Array, eps: float = 1e-3) -> jax.Array:
     return jnp.log(jnp.maximum(x, eps) / jnp.maximum(1.0 - x, eps))
 
 
-def detect_frame(params: Mapping[str, Any], cfg, image: jax.Array, text_out: Mapping[str, jax.Array],
-                 mcfg: MergeConfig = MergeConfig(), allow_new: Any = True) -> tuple[dict, dict]:
-    """The detector on one frame (image (1, S, S, 3) normalised) with a cached text encoding ->
-    (detections, the tracker neck's output). Detections: probs (Q,) (the official video
-    detector's joint score, through NMS), masks (Q, 4g, 4g) logits, boxes (Q, 4) normalised xyxy,
-    valid (Q,) bool (kept: above the threshold and not suppressed; none when allow_new is False)."""
+def encode_frame(params: Mapping[str, Any], cfg, image: jax.Array) -> dict[str, Any]:
+    """The backbone on one frame (image (1, S, S, 3) normalised) -> the features both the detector
+    ("backbone_fpn", "vision_pos_enc") and the tracker ("sam2_backbone_out") read."""
+    from sam3_jax.model.sam3_image import Sam3Image
+
+    det_params = {k: v for k, v in params.items() if k != "tracker"}
+    return Sam3Image(cfg).apply({"params": det_params}, image, method=Sam3Image.forward_image)
+
+
+def detect_frame(params: Mapping[str, Any], cfg, feats: Mapping[str, Any], text_out: Mapping[str, jax.Array],
+                 mcfg: MergeConfig = MergeConfig(), allow_new: Any = True,
+                 geo: Optional[tuple[jax.Array, jax.Array, jax.Array]] = None) -> tuple[dict, dict]:
+    """The detector on one frame's features (`encode_frame`) with a cached text encoding and an
+    optional geometric prompt geo = (boxes (1, K, 4) normalised cxcywh, labels (1, K) int, padding
+    (1, K) bool, True = no box): the official video model's visual prompt, a box given on its
+    prompted frame and padded away on the others. -> (detections, the tracker neck's output).
+    Detections: probs (Q,) (the official video detector's joint score, through NMS), masks
+    (Q, 4g, 4g) logits, boxes (Q, 4) normalised xyxy, valid (Q,) bool (kept: above the threshold
+    and not suppressed; none when allow_new is False)."""
     from sam3_jax.model.sam3_image import Sam3Image
 
     model = Sam3Image(cfg)
     det_params = {k: v for k, v in params.items() if k != "tracker"}
-    img = model.apply({"params": det_params}, image, method=Sam3Image.forward_image)
-    image_out = {"backbone_fpn": img["backbone_fpn"], "vision_pos_enc": img["vision_pos_enc"]}
-    empty = (jnp.zeros((1, 0, 4), jnp.float32), jnp.zeros((1, 0), jnp.int32), jnp.zeros((1, 0), bool))
-    out = model.apply({"params": det_params}, image_out, text_out, *empty, method=Sam3Image.forward_grounding)
+    image_out = {"backbone_fpn": feats["backbone_fpn"], "vision_pos_enc": feats["vision_pos_enc"]}
+    if geo is None:
+        geo = (jnp.zeros((1, 0, 4), jnp.float32), jnp.zeros((1, 0), jnp.int32), jnp.zeros((1, 0), bool))
+    out = model.apply({"params": det_params}, image_out, text_out, *geo, method=Sam3Image.forward_grounding)
     prob = jax.nn.sigmoid(out["pred_logits"][0, :, 0]) * jax.nn.sigmoid(out["presence_logit_dec"][0, 0])
     probs = jax.nn.sigmoid(jnp.clip(inverse_sigmoid(prob), -10.0, 10.0))
     masks = out["pred_masks"][0].astype(jnp.float32)
@@ -151,7 +164,7 @@ def detect_frame(params: Mapping[str, Any], cfg, image: jax.Array, text_out: Map
         keep = probs > mcfg.score_threshold_detection
     keep = keep & jnp.asarray(allow_new, bool)
     det = {"probs": probs, "masks": masks, "boxes": out["pred_boxes_xyxy"][0], "valid": keep}
-    return det, img["sam2_backbone_out"]
+    return det, feats["sam2_backbone_out"]
 
 
 # --------------------------------------------------------------------------------------------- helpers
@@ -389,12 +402,19 @@ def track_frame(params: Mapping[str, Any], cfg, vcfg: VideoConfig, state: VideoS
     return new_state, outputs
 
 
-def video_step(params, cfg, vcfg: VideoConfig, state: VideoState, image: jax.Array, text_out, frame_idx, num_frames,
-               allow_new: Any = True, *, reverse: bool, video_hw: tuple[int, int]):
-    """`detect_frame` + `track_frame`: one whole frame from its normalised image (1, S, S, 3)."""
-    det, sam2_out = detect_frame(params, cfg, image, text_out, vcfg.merge, allow_new)
+def frame_step(params, cfg, vcfg: VideoConfig, state: VideoState, feats, text_out, frame_idx, num_frames,
+               allow_new: Any = True, geo=None, *, reverse: bool, video_hw: tuple[int, int]):
+    """`detect_frame` + `track_frame` on one frame's features (`encode_frame`)."""
+    det, sam2_out = detect_frame(params, cfg, feats, text_out, vcfg.merge, allow_new, geo)
     return track_frame(params, cfg, vcfg, state, det, sam2_out, frame_idx, num_frames, reverse=reverse,
                        video_hw=video_hw)
+
+
+def video_step(params, cfg, vcfg: VideoConfig, state: VideoState, image: jax.Array, text_out, frame_idx, num_frames,
+               allow_new: Any = True, geo=None, *, reverse: bool, video_hw: tuple[int, int]):
+    """`encode_frame` + `frame_step`: one whole frame from its normalised image (1, S, S, 3)."""
+    return frame_step(params, cfg, vcfg, state, encode_frame(params, cfg, image), text_out, frame_idx, num_frames,
+                      allow_new, geo, reverse=reverse, video_hw=video_hw)
 
 
 def postprocess(outputs: Mapping[str, Any], hidden: Optional[Any] = None, *, low_res: bool = False) -> dict[str, Any]:
