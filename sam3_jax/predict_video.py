@@ -1,16 +1,21 @@
 """Segment and track a concept through a video from the command line.
 
-    python -m sam3_jax.predict_video --checkpoint DIR --video FRAMES_DIR --text "person" [--text "dog"] --out OUT/ \
-        [--direction forward|backward|both] [--start_frame N] [--max_frames N] [--max_objects 16] \
-        [--detection_threshold 0.5] [--new_track_threshold 0.7] \
+    python -m sam3_jax.predict_video --checkpoint DIR --video FRAMES_DIR|VIDEO_FILE --text "person" [--text "dog"] \
+        --out OUT/ [--exemplar X0,Y0,X1,Y1[,LABEL]] [--direction forward|backward|both] [--start_frame N] \
+        [--max_frames N] [--max_objects 16] [--detection_threshold 0.5] [--new_track_threshold 0.7] \
         [--points FRAME:OBJ_ID:X,Y,LABEL[;X,Y,LABEL...]] [--box FRAME:OBJ_ID:X0,Y0,X1,Y1]
+
+--exemplar: an exemplar box on --start_frame (relative coordinates; LABEL 1 positive, the default,
+or 0), the official video model's visual prompt: with --text it joins the first text's prompt on
+that frame, alone it is the concept (new objects on that frame only; prompt "visual").
 
 With --points / --box (repeatable; coordinates relative to the frame's width and height; labels 1
 positive, 0 negative; an unknown OBJ_ID adds a new object): the concept is tracked first, then the
 clicks refine those objects (or add them) and the tracker propagates them forward and backward from
 the first clicked frame, as in the official interactive session; the files hold the refined result.
 
-FRAMES_DIR holds the frames as image files (read in name order, lazily). Writes, as frames come out:
+FRAMES_DIR holds the frames as image files (read in name order, lazily); a VIDEO_FILE is decoded
+lazily with PyAV (the "video" extra). Writes, as frames come out:
 OUT/frames.jsonl (one line per frame: its objects' ids, scores, boxes [x, y, w, h] in pixels and
 compressed RLE masks); at the end OUT/predictions.json (one record per object in the video results
 format `evaluate.py` reads: video_id, category_id, score, per-frame segmentations / bboxes / areas,
@@ -27,7 +32,7 @@ import sys
 from absl import app, flags, logging
 
 _CKPT = flags.DEFINE_string("checkpoint", None, "Directory written by convert_weights.py (with the tracker).")
-_VIDEO = flags.DEFINE_string("video", None, "Folder of frames (image files, name order).")
+_VIDEO = flags.DEFINE_string("video", None, "Folder of frames (image files, name order) or a video file (PyAV).")
 _TEXT = flags.DEFINE_multi_string("text", [], "Noun-phrase prompt; repeat for several concepts in one session "
                                   "(category_id 1, 2, ... in predictions.json).")
 _OUT = flags.DEFINE_string("out", None, "Output directory.")
@@ -39,6 +44,7 @@ _DET_THRESHOLD = flags.DEFINE_float("detection_threshold", 0.5, "Detection proba
 _NEW_THRESHOLD = flags.DEFINE_float("new_track_threshold", 0.7, "Score a detection needs to start a track (official 0.7).")
 _POINTS = flags.DEFINE_multi_string("points", [], "Clicks FRAME:OBJ_ID:X,Y,LABEL[;X,Y,LABEL...] (relative x, y).")
 _BOX = flags.DEFINE_multi_string("box", [], "A box prompt FRAME:OBJ_ID:X0,Y0,X1,Y1 (relative).")
+_EXEMPLAR = flags.DEFINE_string("exemplar", None, "An exemplar box X0,Y0,X1,Y1[,LABEL] (relative) on --start_frame.")
 _VIDEO_ID = flags.DEFINE_integer("video_id", 0, "video_id written into predictions.json.")
 _GIF_SIDE = flags.DEFINE_integer("gif_side", 320, "Longest side of the overlay GIF's frames.")
 
@@ -77,13 +83,26 @@ def _parse_clicks(points: list[str], boxes: list[str]) -> list[tuple]:
     return out
 
 
+def _parse_exemplar(spec: str) -> dict:
+    """--exemplar X0,Y0,X1,Y1[,LABEL] -> add_prompt's boxes / box_labels."""
+    try:
+        v = [float(x) for x in spec.split(",")]
+        if len(v) not in (4, 5) or (len(v) == 5 and v[4] not in (0.0, 1.0)):
+            raise ValueError
+    except ValueError:
+        raise ValueError(f"--exemplar {spec!r} is not X0,Y0,X1,Y1[,LABEL] (LABEL 1 or 0)") from None
+    return {"boxes": [v[:4]], "box_labels": [bool(v[4]) if len(v) == 5 else True]}
+
+
 def main(argv) -> int:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logging.set_verbosity(logging.WARNING)
-    for name, flag in (("--checkpoint", _CKPT), ("--video", _VIDEO), ("--text", _TEXT), ("--out", _OUT)):
+    for name, flag in (("--checkpoint", _CKPT), ("--video", _VIDEO), ("--out", _OUT)):
         if not flag.value:
             raise app.UsageError(f"{name} is required")
+    if not _TEXT.value and not _EXEMPLAR.value:
+        raise app.UsageError("--text or --exemplar is required")
     import dataclasses
 
     import numpy as np
@@ -109,8 +128,15 @@ def main(argv) -> int:
         h, w = predictor._frames.hw
         scale = np.array([w, h, w, h], np.float32)
         texts = list(_TEXT.value)
-        for k, text in enumerate(texts):  # propagation yields the prompted frame again
-            predictor.add_prompt(_START.value, text, append=k > 0)
+        prompts = [(t, {}) for t in texts]
+        if _EXEMPLAR.value:
+            box = _parse_exemplar(_EXEMPLAR.value)
+            if prompts:
+                prompts[0] = (texts[0], box)
+            else:
+                prompts, texts = [(None, box)], ["visual"]
+        for k, (text, box) in enumerate(prompts):  # propagation yields the prompted frame again
+            predictor.add_prompt(_START.value, text, append=k > 0, **box)
         frames = predictor.propagate(_DIRECTION.value, max_frames=_MAX_FRAMES.value)
         if clicks:
             # track the concept, refine with the clicks, propagate the refined objects both ways from

@@ -289,10 +289,11 @@ def test_capacity_overflow_is_counted(zoo, tiny_cfg, clip):
         assert p._live_ids() == live
 
 
-def test_several_prompts_in_one_session(zoo, tiny_cfg, clip):
+def test_several_prompts_in_one_session(zoo, tiny_cfg, clip, monkeypatch):
     """add_prompt(..., append=True): each concept tracked as on its own (equal to single-prompt
-    sessions), ids unique over the session, each object's prompt given; a click and a removal
-    reach the right prompt's object by its session-wide id."""
+    sessions), ids unique over the session, each object's prompt given, every frame encoded once
+    for all concepts (the prompt frame too); a click and a removal reach the right prompt's object
+    by its session-wide id."""
     from sam3_jax.parity.video import video_config_for_random_weights
     from sam3_jax.predict.video import Sam3VideoPredictor
 
@@ -306,10 +307,14 @@ def test_several_prompts_in_one_session(zoo, tiny_cfg, clip):
         return dict(p.propagate())
 
     single = [alone(t) for t in texts]
+    encoded = []
+    image = Sam3VideoPredictor._image
+    monkeypatch.setattr(Sam3VideoPredictor, "_image", lambda self, i: encoded.append(i) or image(self, i))
     p.start_session(short)
     p.add_prompt(0, texts[0])
     second = p.add_prompt(0, texts[1], append=True)
     both = dict(p.propagate())
+    assert encoded == list(range(len(short))), encoded
     assert second["prompts"] == [texts[1]] * len(second["obj_ids"])
     local = {g: key for key, g in p._gid.items()}
     seen = 0
@@ -380,9 +385,9 @@ def test_bad_input(zoo, clip, tmp_path):
 
 
 def test_predict_video_cli(zoo, clip, tiny_cfg, tmp_path, repo_root, python):
-    """`python -m sam3_jax.predict_video` on a folder of frames with a box prompt adding an object:
-    frames.jsonl streamed, the video results file that evaluate.py reads, an overlay GIF; bad input
-    exits 1 with the reason."""
+    """`python -m sam3_jax.predict_video` on a video file (H.264, read with PyAV) with two concepts
+    (the first with an exemplar box) and a box click adding an object: frames.jsonl streamed, the
+    video results file that evaluate.py reads, an overlay GIF; bad input exits 1 with the reason."""
     import json
     import subprocess
 
@@ -398,13 +403,20 @@ def test_predict_video_cli(zoo, clip, tiny_cfg, tmp_path, repo_root, python):
     manifest = build_manifest(source=str(src), cfg=tiny_cfg, report=zoo.reports[SEEDS[-1]], dtype="float32",
                               params=params)
     save_converted(str(ckpt), params, manifest)
-    frames = tmp_path / "frames"
-    frames.mkdir()
-    for i, f in enumerate(clip[:4]):
-        Image.fromarray(f).save(frames / f"{i:05d}.png")
+    av = pytest.importorskip("av")
+    frames = str(tmp_path / "clip.mp4")
+    with av.open(frames, "w") as c:
+        stream = c.add_stream("libx264", rate=10)
+        stream.width, stream.height, stream.pix_fmt = clip[0].shape[1], clip[0].shape[0], "yuv420p"
+        for f in clip[:4]:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
+                c.mux(packet)
+        for packet in stream.encode():
+            c.mux(packet)
     out = tmp_path / "out"
-    cmd = [python, "-m", "sam3_jax.predict_video", "--checkpoint", str(ckpt), "--video", str(frames),
+    cmd = [python, "-m", "sam3_jax.predict_video", "--checkpoint", str(ckpt), "--video", frames,
            "--text", TEXT, "--out", str(out), "--detection_threshold", "0", "--new_track_threshold", "0",
+           "--exemplar", "0.2,0.2,0.7,0.8",  # joins the first concept's prompt on frame 0
            "--text", "a blue square",  # a second concept in the same session
            "--box", "2:50:0.1,0.1,0.9,0.9"]  # a new object by a box on frame 2, propagated both ways
     r = subprocess.run(cmd, cwd=repo_root, capture_output=True, text=True, timeout=600)
@@ -427,6 +439,9 @@ def test_predict_video_cli(zoo, clip, tiny_cfg, tmp_path, repo_root, python):
     malformed = subprocess.run(cmd[:-2] + ["--points", "2:50:0.5,0.5"], cwd=repo_root, capture_output=True,
                                text=True, timeout=600)
     assert malformed.returncode == 1 and "is not FRAME:OBJ_ID:X,Y,LABEL" in malformed.stderr
+    malformed = subprocess.run(cmd[:-2] + ["--exemplar", "0.2,0.2"], cwd=repo_root, capture_output=True,
+                               text=True, timeout=600)
+    assert malformed.returncode == 1 and "is not X0,Y0,X1,Y1" in malformed.stderr
     bad = subprocess.run(cmd[:6] + [str(tmp_path / "nope")] + cmd[7:], cwd=repo_root, capture_output=True,
                          text=True, timeout=600)
     assert bad.returncode == 1 and "no such folder" in bad.stderr

@@ -48,13 +48,21 @@ _IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 
 class _Frames:
-    """The session's frames: a list of arrays, or image files of a folder read when needed."""
+    """The session's frames: a list of arrays, image files of a folder read when needed, or a video
+    file decoded when needed (`sam3_jax.formats.video`, PyAV)."""
 
     def __init__(self, frames: Any):
-        if isinstance(frames, (str, os.PathLike)):
+        self.video = None
+        if isinstance(frames, (str, os.PathLike)) and os.path.isfile(frames):
+            from sam3_jax.formats.video import VideoFileFrames
+
+            self.files, self.arrays = None, None
+            self.video = VideoFileFrames(os.fspath(frames))
+            first = self.video[0]
+        elif isinstance(frames, (str, os.PathLike)):
             path = os.fspath(frames)
             if not os.path.isdir(path):
-                raise FileNotFoundError(f"no such folder of frames: {path}")
+                raise FileNotFoundError(f"no such folder of frames or video file: {path}")
             self.files = sorted(os.path.join(path, f) for f in os.listdir(path) if f.lower().endswith(_IMAGE_EXTS))
             if not self.files:
                 raise ValueError(f"{path} holds no image files ({', '.join(_IMAGE_EXTS)})")
@@ -67,13 +75,16 @@ class _Frames:
                 raise ValueError("the video has no frames")
             first = self._read(0)
         self.hw = first.shape[:2]
-        self.n = len(self.files) if self.files is not None else len(self.arrays)
+        self.n = len(self.video) if self.video is not None else \
+            len(self.files) if self.files is not None else len(self.arrays)
         if self.arrays is not None:
             for i in range(self.n):
                 self._read(i)  # checks every frame's type and size now
 
     def _read(self, i: int) -> np.ndarray:
-        if self.files is not None:
+        if self.video is not None:
+            img = self.video[i]
+        elif self.files is not None:
             from PIL import Image
 
             with Image.open(self.files[i]) as im:
@@ -217,8 +228,8 @@ class Sam3VideoPredictor:
 
     # ------------------------------------------------------------------ session
     def start_session(self, frames: Any, *, cache_outputs: bool = True) -> None:
-        """frames: a list of HxWx3 uint8 arrays (one size), or a folder of image files (read lazily,
-        in name order). cache_outputs: keep every frame's outputs on the host, as the official
+        """frames: a list of HxWx3 uint8 arrays (one size), a folder of image files (read lazily,
+        in name order), or a video file (decoded lazily; needs PyAV, the "video" extra). cache_outputs: keep every frame's outputs on the host, as the official
         session does (needed for clicks and for propagations that return cached outputs; it grows
         with the video); without it host memory stays flat, every `propagate` detects and tracks,
         and clicks are refused."""
@@ -635,14 +646,35 @@ class Sam3VideoPredictor:
             start = min(f for t, _ in self._tracks() for f in (t._done or {len(self._frames) - 1}))
         for reverse in {"forward": (False,), "backward": (True,), "both": (False, True)}[direction]:
             if not self._children:
-                yield from self._propagate_once(start, max_frames, reverse)
-                continue
-            gens = [t._propagate_once(start, max_frames, reverse) for t, _ in self._tracks()]
-            for items in zip(*gens):
+                yield from (item for item in self._propagate_once(start, max_frames, reverse) if item[1] is not None)
+            else:
+                yield from self._propagate_concepts(start, max_frames, reverse)
+
+    def _propagate_concepts(self, start: Optional[int], max_frames: Optional[int],
+                            reverse: bool) -> Iterator[tuple[int, dict]]:
+        """Every concept's propagation in lockstep, so that a frame is encoded once for all of them
+        (the shared feature cache): each generator is advanced one step per round (a step runs at
+        most one frame; detect-and-track steps still held back by the hot-start delay yield None);
+        a frame comes out once every concept has given it."""
+        gens = [t._propagate_once(start, max_frames, reverse) for t, _ in self._tracks()]
+        ready: list[collections.deque] = [collections.deque() for _ in gens]
+        live = [True] * len(gens)
+        while any(live) or all(ready):
+            for k, gen in enumerate(gens):
+                if live[k]:
+                    item = next(gen, None)
+                    if item is None:
+                        live[k] = False
+                    elif item[1] is not None:
+                        ready[k].append(item)
+            while all(ready):
+                items = [q.popleft() for q in ready]
                 frame_idx = items[0][0]
                 if any(f != frame_idx for f, _ in items):  # one order for all (same start and direction)
                     raise RuntimeError(f"prompts propagated out of step: frames {[f for f, _ in items]}")
                 yield frame_idx, self._merge([self._globalize(k, out) for k, (_, out) in enumerate(items)])
+            if not any(live) and any(ready):
+                raise RuntimeError("prompts propagated out of step: a prompt gave fewer frames")
 
     def _next_propagation(self) -> tuple[str, Optional[list[int]]]:
         """The official `parse_action_history_for_propagation` (without an output cache: always full)."""
@@ -665,7 +697,9 @@ class Sam3VideoPredictor:
         return ("partial", sorted(set(clicked))) if clicked else ("fetch", None)
 
     def _propagate_once(self, start_arg: Optional[int], max_frames: Optional[int],
-                        reverse: bool) -> Iterator[tuple[int, dict]]:
+                        reverse: bool) -> Iterator[tuple[int, Optional[dict]]]:
+        """One propagation as `_next_propagation` decides; yields (frame, outputs), and (frame, None)
+        after a frame that is run but held back (hot-start delay)."""
         kind, ids = self._next_propagation()
         self._actions.append((kind, start_arg, ids))
         start = min(self._done) if start_arg is None else start_arg
@@ -700,6 +734,8 @@ class Sam3VideoPredictor:
                 ready, buffer = buffer[:1], buffer[1:]
             else:
                 ready = []
+            if not ready:
+                yield frame_idx, None
             for f, out in ready:
                 suppressed = {int(i) for i in np.asarray(out["obj_id"])[np.asarray(out["suppressed"])]}
                 hidden = set(self._removed) | suppressed
