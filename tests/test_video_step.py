@@ -361,6 +361,18 @@ def test_bad_input(zoo, clip, tmp_path):
         fresh.add_prompt(3, TEXT)
     with pytest.raises(ValueError, match="non-empty"):
         fresh.add_prompt(0, "  ")
+    with pytest.raises(ValueError, match="empty prompt"):
+        fresh.add_prompt(0)
+    with pytest.raises(ValueError, match="one exemplar box"):
+        fresh.add_prompt(0, boxes=[[0.1, 0.1, 0.5, 0.5], [0.2, 0.2, 0.6, 0.6]])
+    with pytest.raises(ValueError, match="outside the frame"):
+        fresh.add_prompt(0, boxes=[[0.1, 0.1, 1.5, 0.5]])
+    with pytest.raises(ValueError, match="x1 < x0"):
+        fresh.add_prompt(0, boxes=[[0.5, 0.1, 0.1, 0.5]])
+    with pytest.raises(ValueError, match="without boxes"):
+        fresh.add_prompt(0, TEXT, box_labels=[True])
+    with pytest.raises(ValueError, match="box_labels"):
+        fresh.add_prompt(0, boxes=[[0.1, 0.1, 0.5, 0.5]], box_labels=[True, False])
     with pytest.raises(KeyError, match="unknown obj_id"):
         fresh.remove_object(12345)
     with pytest.raises(ValueError, match="direction"):
