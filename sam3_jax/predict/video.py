@@ -42,7 +42,8 @@ from sam3_jax.formats.image import resize_uint8, to_uint8_rgb
 from sam3_jax.model.tokenizer import ClipTokenizer
 from sam3_jax.predict.predictor import VISUAL_PROMPT_TEXT
 from sam3_jax.model.video import interact
-from sam3_jax.model.video.step import NO_OBJ_SCORE, VideoConfig, VideoState, encode_frame, frame_step, postprocess
+from sam3_jax.model.video.step import (NO_OBJ_SCORE, VideoConfig, VideoState, detect_frame, encode_frame, postprocess,
+                                       track_slots)
 
 _IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
@@ -119,6 +120,7 @@ def preprocess_frame(frame: np.ndarray, resolution: int) -> np.ndarray:
 @dataclasses.dataclass(frozen=True)
 class _Compiled:
     encode_text: Any
+    detect: Any
     step: Any
     encode_frame: Any
     click: Any
@@ -143,10 +145,14 @@ def _compiled(cfg_json: str, vcfg: VideoConfig):
         det_params = {k: v for k, v in params.items() if k != "tracker"}
         return model.apply({"params": det_params}, tokens, method=Sam3Image.forward_text)
 
+    @jax.jit
+    def detect(params, feats, text_out, allow_new, geo):
+        return detect_frame(params, cfg, feats, text_out, vcfg.merge, allow_new, geo)[0]
+
     @functools.partial(jax.jit, static_argnames=("reverse", "video_hw"), donate_argnames=("state",))
-    def step(params, state, feats, text_out, frame_idx, num_frames, allow_new, geo, *, reverse, video_hw):
-        return frame_step(params, cfg, vcfg, state, feats, text_out, frame_idx, num_frames, allow_new, geo,
-                          reverse=reverse, video_hw=video_hw)
+    def step(params, state, det, sam2_out, frame_idx, num_frames, slots, *, reverse, video_hw):
+        return track_slots(params, cfg, vcfg, state, det, sam2_out, frame_idx, num_frames, slots, reverse=reverse,
+                           video_hw=video_hw)
 
     @jax.jit
     def encode(params, image):
@@ -172,7 +178,7 @@ def _compiled(cfg_json: str, vcfg: VideoConfig):
         return interact.track_partial(params, cfg, vcfg, state, sam2_out, frame_idx, num_frames, active, stored_low,
                                       stored_score, reverse=reverse, video_hw=video_hw)
 
-    return _Compiled(encode_text, step, encode, click, commit, click_mask, partial)
+    return _Compiled(encode_text, detect, step, encode, click, commit, click_mask, partial)
 
 
 class Sam3VideoPredictor:
@@ -209,6 +215,12 @@ class Sam3VideoPredictor:
         # the latest frames' backbone features, shared by the session's concepts (a frame is encoded
         # once whether it is prompted, propagated, clicked or tracked again from there)
         self.feature_cache_frames = 2
+        # the tracking part of a frame runs on the live object slots plus the free ones births may take,
+        # rounded up to one of these sizes (one compiled step each; None: every slot, always)
+        n = self.video_config.max_objects
+        self.slot_buckets: Optional[tuple[int, ...]] = tuple(sorted(
+            {b for b in (2 ** k for k in range(2, n.bit_length())) if b < n} | {n}))
+        self.step_sizes: collections.Counter[int] = collections.Counter()  # tracking steps run, by slot count
         self._features: collections.OrderedDict[int, Any] = collections.OrderedDict()
         self._state: Optional[VideoState] = None
         self._shardings = None  # the state's placement over `mesh`, fixed per session
@@ -254,6 +266,7 @@ class Sam3VideoPredictor:
         self._shardings = None if self.mesh is None else self.state_shardings(state)
         self._state = state if self.mesh is None else jax.device_put(state, self._shardings)
         self._removed = set()
+        self._recent_births = 0
         self._prompt_frame: Optional[int] = None
         # the official session's host-side records (`Sam3VideoInferenceWithInstanceInteractivity`)
         self._actions: list[tuple[str, Optional[int], Optional[list[int]]]] = []  # action_history
@@ -326,13 +339,38 @@ class Sam3VideoPredictor:
         return (jnp.asarray(box if here else np.zeros(4, np.float32))[None, None],
                 jnp.full((1, 1), label if here else 0, jnp.int32), jnp.full((1, 1), not here))
 
+    def _active_slots(self, det: dict) -> Optional[jax.Array]:
+        """The slots a frame's tracking runs on (ascending): every live object and free slots for
+        the births expected (as many as the previous frame's new detections, at least one, at most
+        this frame's detections), padded with further free slots to the next of `slot_buckets`;
+        None (all slots) when that is all of them, without buckets, or with a mesh (the object axis
+        is split over devices). A frame with more births than that runs again on every slot."""
+        if not self.slot_buckets or self.mesh is not None:
+            return None
+        alive = np.asarray(self._state.alive)
+        n = len(alive)
+        live, free = np.flatnonzero(alive), np.flatnonzero(~alive)
+        need = len(live) + min(len(free), int(np.asarray(det["valid"]).sum()), max(1, self._recent_births))
+        size = next((b for b in self.slot_buckets if b >= max(need, 1)), n)
+        if size >= n:
+            return None
+        return jnp.asarray(np.sort(np.concatenate([live, free[:size - len(live)]])), jnp.int32)
+
     def _run(self, frame_idx: int, reverse: bool) -> dict:
         # as the official `allow_new_detections`: a text prompt detects new objects on every frame, a
         # box alone on its prompted frame only
         allow_new = self._has_text or (self._geo is not None and frame_idx == self._prompt_frame)
-        self._state, out = self._step(self.params, self._state, self._frame_features(frame_idx), self._text_out,
-                                      jnp.int32(frame_idx), jnp.int32(len(self._frames)), jnp.asarray(allow_new),
-                                      self._geometry(frame_idx), reverse=reverse, video_hw=self._video_hw)
+        feats = self._frame_features(frame_idx)
+        det = self._fns.detect(self.params, feats, self._text_out, jnp.asarray(allow_new), self._geometry(frame_idx))
+        slots = self._active_slots(det)
+        args = (det, feats["sam2_backbone_out"], jnp.int32(frame_idx), jnp.int32(len(self._frames)))
+        self._state, out = self._step(self.params, self._state, *args, slots, reverse=reverse, video_hw=self._video_hw)
+        self.step_sizes[len(out["obj_id"])] += 1
+        if slots is not None and not bool(out["fits"]):  # more births than the subset's free slots
+            self._state, out = self._step(self.params, self._state, *args, None, reverse=reverse,
+                                          video_hw=self._video_hw)
+            self.step_sizes[len(out["obj_id"])] += 1
+        self._recent_births = int(out["num_new"])
         self._state = self._put(self._state)  # keep the placement (one compiled step)
         out = jax.device_get(out)
         removed = np.asarray(out["obj_id"])[np.asarray(out["removed"])]
@@ -435,7 +473,7 @@ class Sam3VideoPredictor:
                                    mesh=self.mesh, rules=self.rules)
         child._frames, child._caching, child._features = self._frames, self._caching, self._features
         child.return_low_res = self.return_low_res
-        child.feature_cache_frames = self.feature_cache_frames
+        child.feature_cache_frames, child.slot_buckets = self.feature_cache_frames, self.slot_buckets
         child.reset()
         self._children.append((child, text if text is not None else VISUAL_PROMPT_TEXT))
         return self._globalize(len(self._children), child._start_prompt(frame_idx, text, geo))

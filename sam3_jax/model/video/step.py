@@ -402,6 +402,60 @@ def track_frame(params: Mapping[str, Any], cfg, vcfg: VideoConfig, state: VideoS
     return new_state, outputs
 
 
+# --------------------------------------------------------------------------------------------- slot subsets
+
+
+def _without_dup(state: VideoState) -> VideoState:
+    return state.replace(hot=state.hot._replace(dup=None))
+
+
+def gather_slots(state: VideoState, slots: jax.Array) -> VideoState:
+    """The state restricted to the slots `slots` (B,) int32 (ascending; every live slot and the
+    free slots births may take), for `track_frame` to run on B slots instead of N. Free slots left
+    out neither change nor act on the others in a step, except through the hot-start duplicate
+    counts that a dead slot's past leaves on live ones: those are folded into the subset's diagonal
+    (never counted otherwise: a track is not its own duplicate), so the removal rule sees them."""
+    sub = jax.tree.map(lambda x: jnp.take(x, slots, axis=0) if x.ndim else x, _without_dup(state))
+    dup = state.hot.dup
+    outside = jnp.ones((dup.shape[0],), bool).at[slots].set(False)
+    ghost = jnp.max(jnp.where(outside[:, None], dup, 0), axis=0)[slots]  # (B,)
+    sub_dup = dup[slots][:, slots]
+    sub_dup = jnp.where(jnp.eye(slots.shape[0], dtype=bool), ghost[:, None], sub_dup)
+    return sub.replace(hot=sub.hot._replace(dup=sub_dup))
+
+
+def scatter_slots(state: VideoState, slots: jax.Array, sub: VideoState, born: jax.Array) -> VideoState:
+    """`sub` (from `track_frame` on `gather_slots(state, slots)`; born (B,) its births) written
+    back into the N-slot state: what `track_frame` on the whole state would have given."""
+    new = jax.tree.map(lambda x, y: x.at[slots].set(y) if x.ndim else y, _without_dup(state), _without_dup(sub))
+    n = state.alive.shape[0]
+    born_all = jnp.zeros((n,), bool).at[slots].set(born)
+    dup = jnp.where(born_all[:, None] | born_all[None, :], 0, state.hot.dup)  # a new track starts from zero
+    block = jnp.where(jnp.eye(slots.shape[0], dtype=bool), 0, sub.hot.dup)
+    dup = dup.at[slots[:, None], slots[None, :]].set(block)
+    return new.replace(hot=new.hot._replace(dup=dup))
+
+
+def track_slots(params, cfg, vcfg: VideoConfig, state: VideoState, det, sam2_out, frame_idx, num_frames,
+                slots: Optional[jax.Array] = None, *, reverse: bool, video_hw: tuple[int, int]):
+    """`track_frame` on the slots `slots` only (None: all) -> (new state, outputs over those slots,
+    with "fits"). The subset must hold every live slot; its free slots bound the births: when the
+    frame has more new detections than that and there are free slots outside, the result would
+    differ from the whole state's, so the state is returned unchanged and "fits" is False (run
+    the frame again on every slot)."""
+    if slots is None:
+        new, out = track_frame(params, cfg, vcfg, state, det, sam2_out, frame_idx, num_frames, reverse=reverse,
+                               video_hw=video_hw)
+        return new, {**out, "fits": jnp.asarray(True)}
+    sub_in = gather_slots(state, slots)
+    sub, out = track_frame(params, cfg, vcfg, sub_in, det, sam2_out, frame_idx, num_frames, reverse=reverse,
+                           video_hw=video_hw)
+    free_in = jnp.sum(~sub_in.alive)
+    fits = (out["num_new"] <= free_in) | (free_in == jnp.sum(~state.alive))
+    new = jax.lax.cond(fits, lambda: scatter_slots(state, slots, sub, out["born"]), lambda: state)
+    return new, {**out, "fits": fits}
+
+
 def frame_step(params, cfg, vcfg: VideoConfig, state: VideoState, feats, text_out, frame_idx, num_frames,
                allow_new: Any = True, geo=None, *, reverse: bool, video_hw: tuple[int, int]):
     """`detect_frame` + `track_frame` on one frame's features (`encode_frame`)."""
