@@ -11,11 +11,12 @@ Both sides hold the same seeded random weights (the official video model from
 `sam3_jax.parity.video.build_video_model`, converted) and see the same synthetic clip of moving
 objects with a text prompt on frame 0. Random weights need low thresholds to create tracks
 (`--low_thresholds`, on by default: detection and new-track thresholds 0, NMS 0.5), so the number
-of live objects is whatever the weights produce; sam3_jax's step costs the same for any number of
-live objects up to its capacity (the state's shape is fixed), which is what the capacities time.
-Official: total propagation time / frames (it runs one tracker per birth batch, so its time grows
-with the objects it holds). sam3_jax: the median time of one compiled step (frame in, outputs on
-the host), after the first (compiling) call. Memory: current RSS (/proc/self/statm) and the bytes
+of live objects is whatever the weights produce (printed: the median live count per frame). The
+capacity bounds the objects; sam3_jax's tracking runs on the live slots plus those births may take,
+rounded up to a power of two (`--no-compact`: on every slot of the capacity, the cost of a full
+state). Official: total propagation time / frames (it runs one tracker per birth batch, so its time
+grows with the objects it holds). sam3_jax: the median time per frame (frame in, outputs on the
+host) over a second pass of the clip, the first having compiled every step size it needs. Memory: current RSS (/proc/self/statm) and the bytes
 of live jax arrays, at frame 60 and at the last frame of a `--long` session (sam3_jax only).
 """
 
@@ -49,6 +50,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--no_official", action="store_true")
     ap.add_argument("--low_thresholds", action=argparse.BooleanOptionalAction, default=True)
+    ap.add_argument("--compact", action=argparse.BooleanOptionalAction, default=True,
+                    help="track only the live slots (and those births may take), else every slot")
     args = ap.parse_args()
 
     from bench_infer import cpu_isa, cpu_name
@@ -100,18 +103,25 @@ def main() -> None:
 
     for cap in caps:
         p = Sam3VideoPredictor(params, cfg, video_config_for_random_weights(**low, max_objects=cap))
-        p.start_session(clip)
-        t = time.perf_counter()
-        p.add_prompt(0, text)
-        first = time.perf_counter() - t
-        times = []
-        for f in range(1, len(clip)):
-            t = time.perf_counter()
-            p._run(f, reverse=False)
-            times.append(time.perf_counter() - t)
+        if not args.compact:
+            p.slot_buckets = None
+        t, first = time.perf_counter(), 0.0
+        for timed in (False, True):  # the first pass compiles every step size the clip needs
+            p.start_session(clip)
+            p.step_sizes.clear()
+            p.add_prompt(0, text)
+            first = first if timed else time.perf_counter() - t
+            times, live = [], []
+            for f in range(1, len(clip)):
+                live.append(int(np.asarray(p._state.alive).sum()))
+                t = time.perf_counter()
+                p._run(f, reverse=False)
+                times.append(time.perf_counter() - t)
         step = statistics.median(times)
         ratio = f"  {step / off:5.2f}x official" if off else ""
+        sizes = ", ".join(f"{k}: {v}" for k, v in sorted(p.step_sizes.items()))
         print(f"sam3_jax capacity {cap:3d}: {step * 1e3:9.1f} ms / frame (first call {first:.1f} s){ratio}; "
+              f"live objects median {statistics.median(live):.0f}, max {max(live)}; steps by slot count {{{sizes}}}; "
               f"births dropped {p.counts['births_dropped']}")
 
     if args.long:

@@ -219,7 +219,7 @@ class Sam3VideoPredictor:
         # rounded up to one of these sizes (one compiled step each; None: every slot, always)
         n = self.video_config.max_objects
         self.slot_buckets: Optional[tuple[int, ...]] = tuple(sorted(
-            {b for b in (2 ** k for k in range(2, n.bit_length())) if b < n} | {n}))
+            {b for b in (2 ** k for k in range(n.bit_length())) if b < n} | {n}))
         self.step_sizes: collections.Counter[int] = collections.Counter()  # tracking steps run, by slot count
         self._features: collections.OrderedDict[int, Any] = collections.OrderedDict()
         self._state: Optional[VideoState] = None
@@ -344,17 +344,34 @@ class Sam3VideoPredictor:
         the births expected (as many as the previous frame's new detections, at least one, at most
         this frame's detections), padded with further free slots to the next of `slot_buckets`;
         None (all slots) when that is all of them, without buckets, or with a mesh (the object axis
-        is split over devices). A frame with more births than that runs again on every slot."""
+        is split over devices); no slot when there is no object and no detection. A frame with more
+        births than that runs again on every slot."""
         if not self.slot_buckets or self.mesh is not None:
             return None
         alive = np.asarray(self._state.alive)
         n = len(alive)
         live, free = np.flatnonzero(alive), np.flatnonzero(~alive)
-        need = len(live) + min(len(free), int(np.asarray(det["valid"]).sum()), max(1, self._recent_births))
+        valid = int(np.asarray(det["valid"]).sum())
+        if len(live) == 0 and valid == 0:
+            return jnp.zeros((0,), jnp.int32)
+        need = len(live) + min(len(free), valid, max(1, self._recent_births))
         size = next((b for b in self.slot_buckets if b >= max(need, 1)), n)
         if size >= n:
             return None
         return jnp.asarray(np.sort(np.concatenate([live, free[:size - len(live)]])), jnp.int32)
+
+    def _nothing_tracked(self) -> dict:
+        """A frame's step outputs when it holds no object and no detection (the step would change
+        nothing): no rows."""
+        h, w = self._video_hw
+        g4 = 4 * (self.resolution // self.config.vit.patch_size)
+        no = np.zeros((0,), bool)
+        z = np.zeros((0,), np.float32)
+        low = np.zeros((0, g4, g4), np.float32)
+        return {"obj_id": np.zeros((0,), np.int32), "present": no, "masks": np.zeros((0, h, w), bool),
+                "low_res": low, "score": z, "tracker_score": z, "born": no, "removed": no, "suppressed": no,
+                "occluded": no, "reconditioned": no, "num_detections": np.int32(0), "raw_low": low, "raw_score": z,
+                "num_new": np.int32(0), "num_born": np.int32(0), "fits": np.bool_(True)}
 
     def _run(self, frame_idx: int, reverse: bool) -> dict:
         # as the official `allow_new_detections`: a text prompt detects new objects on every frame, a
@@ -363,6 +380,14 @@ class Sam3VideoPredictor:
         feats = self._frame_features(frame_idx)
         det = self._fns.detect(self.params, feats, self._text_out, jnp.asarray(allow_new), self._geometry(frame_idx))
         slots = self._active_slots(det)
+        if slots is not None and len(slots) == 0:  # no object and no detection: nothing to track
+            out = self._nothing_tracked()
+            self.step_sizes[0] += 1
+            self._recent_births = 0
+            self._done.add(frame_idx)
+            if self._caching:
+                self._cache.record_step(frame_idx, out, keep_low_res=self.return_low_res)
+            return out
         args = (det, feats["sam2_backbone_out"], jnp.int32(frame_idx), jnp.int32(len(self._frames)))
         self._state, out = self._step(self.params, self._state, *args, slots, reverse=reverse, video_hw=self._video_hw)
         self.step_sizes[len(out["obj_id"])] += 1

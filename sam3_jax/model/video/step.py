@@ -25,6 +25,11 @@ object id. Here the same bookkeeping lives in `VideoState`, a pytree of arrays o
      detection masks (binarised) as a conditioning frame.
   6. outputs per slot: the mask at the video's size, the birth score, the tracker score, flags.
 
+The predictor runs the frame as `encode_frame` (cached per frame), `detect_frame` and
+`track_slots`: the tracking on the live slots plus the free slots births may take (`gather_slots` /
+`scatter_slots`), so that its cost follows the objects held rather than the capacity; one compiled
+size per power of two, and a frame with more births than its free slots runs again on the whole state.
+
 Differences a fixed shape forces (each counted or documented, never silent):
   - capacity: a birth without a free slot is dropped (`VideoState.num_dropped`; the official
     `max_num_objects` rule: the highest-scoring new detections are kept);
