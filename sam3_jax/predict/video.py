@@ -40,10 +40,10 @@ import numpy as np
 
 from sam3_jax.formats.image import resize_uint8, to_uint8_rgb
 from sam3_jax.model.tokenizer import ClipTokenizer
-from sam3_jax.predict.predictor import VISUAL_PROMPT_TEXT
 from sam3_jax.model.video import interact
 from sam3_jax.model.video.step import (NO_OBJ_SCORE, VideoConfig, VideoState, detect_frame, encode_frame, postprocess,
                                        track_slots)
+from sam3_jax.predict.predictor import VISUAL_PROMPT_TEXT
 
 _IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
@@ -241,10 +241,11 @@ class Sam3VideoPredictor:
     # ------------------------------------------------------------------ session
     def start_session(self, frames: Any, *, cache_outputs: bool = True) -> None:
         """frames: a list of HxWx3 uint8 arrays (one size), a folder of image files (read lazily,
-        in name order), or a video file (decoded lazily; needs PyAV, the "video" extra). cache_outputs: keep every frame's outputs on the host, as the official
-        session does (needed for clicks and for propagations that return cached outputs; it grows
-        with the video); without it host memory stays flat, every `propagate` detects and tracks,
-        and clicks are refused."""
+        in name order), or a video file (decoded lazily; needs PyAV, the "video" extra).
+        cache_outputs: keep every frame's outputs on the host, as the official session does (needed
+        for clicks and for propagations that return cached outputs; it grows with the video);
+        without it host memory stays flat, every `propagate` detects and tracks, and clicks are
+        refused."""
         self._frames = _Frames(frames)
         self._caching = bool(cache_outputs)
         self._features = collections.OrderedDict()
