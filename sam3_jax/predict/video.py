@@ -41,8 +41,8 @@ import numpy as np
 from sam3_jax.formats.image import resize_uint8, to_uint8_rgb
 from sam3_jax.model.tokenizer import ClipTokenizer
 from sam3_jax.model.video import interact
-from sam3_jax.model.video.step import (NO_OBJ_SCORE, VideoConfig, VideoState, detect_frame, encode_frame, postprocess,
-                                       track_slots)
+from sam3_jax.model.video.step import (NO_OBJ_SCORE, VideoConfig, VideoState, detect_frame, encode_frame,
+                                       gather_slots, postprocess, scatter_slots, track_slots)
 from sam3_jax.predict.predictor import VISUAL_PROMPT_TEXT
 
 _IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
@@ -173,10 +173,16 @@ def _compiled(cfg_json: str, vcfg: VideoConfig):
         return interact.click_video_mask(low, video_hw, vcfg.fill_hole_area)
 
     @functools.partial(jax.jit, static_argnames=("reverse", "video_hw"), donate_argnames=("state",))
-    def partial(params, state, sam2_out, frame_idx, num_frames, active, stored_low, stored_score, *, reverse,
+    def partial(params, state, sam2_out, frame_idx, num_frames, active, stored_low, stored_score, slots, *, reverse,
                 video_hw):
-        return interact.track_partial(params, cfg, vcfg, state, sam2_out, frame_idx, num_frames, active, stored_low,
-                                      stored_score, reverse=reverse, video_hw=video_hw)
+        if slots is None:
+            return interact.track_partial(params, cfg, vcfg, state, sam2_out, frame_idx, num_frames, active,
+                                          stored_low, stored_score, reverse=reverse, video_hw=video_hw)
+        # the clicked groups' slots only (they neither read nor change the others)
+        sub, out = interact.track_partial(params, cfg, vcfg, gather_slots(state, slots), sam2_out, frame_idx,
+                                          num_frames, active[slots], stored_low[slots], stored_score[slots],
+                                          reverse=reverse, video_hw=video_hw)
+        return scatter_slots(state, slots, sub, jnp.zeros(slots.shape, bool)), out
 
     return _Compiled(encode_text, detect, step, encode, click, commit, click_mask, partial)
 
@@ -220,7 +226,9 @@ class Sam3VideoPredictor:
         n = self.video_config.max_objects
         self.slot_buckets: Optional[tuple[int, ...]] = tuple(sorted(
             {b for b in (2 ** k for k in range(n.bit_length())) if b < n} | {n}))
-        self.step_sizes: collections.Counter[int] = collections.Counter()  # tracking steps run, by slot count
+        # detect-and-track steps and tracker-only (click) steps run, by slot count
+        self.step_sizes: collections.Counter[int] = collections.Counter()
+        self.partial_sizes: collections.Counter[int] = collections.Counter()
         self._features: collections.OrderedDict[int, Any] = collections.OrderedDict()
         self._state: Optional[VideoState] = None
         self._shardings = None  # the state's placement over `mesh`, fixed per session
@@ -350,16 +358,25 @@ class Sam3VideoPredictor:
         if not self.slot_buckets or self.mesh is not None:
             return None
         alive = np.asarray(self._state.alive)
-        n = len(alive)
         live, free = np.flatnonzero(alive), np.flatnonzero(~alive)
         valid = int(np.asarray(det["valid"]).sum())
         if len(live) == 0 and valid == 0:
             return jnp.zeros((0,), jnp.int32)
         need = len(live) + min(len(free), valid, max(1, self._recent_births))
-        size = next((b for b in self.slot_buckets if b >= max(need, 1)), n)
+        slots = self._bucket_slots(live, free, need)
+        return None if slots is None else jnp.asarray(slots)
+
+    def _bucket_slots(self, must: np.ndarray, spare: np.ndarray, need: Optional[int] = None) -> Optional[np.ndarray]:
+        """Slots `must` (and spare ones up to `need`), padded with further spare slots to the next
+        size of `slot_buckets`, ascending, int32; None for every slot (no buckets, a mesh, or a size
+        that is the capacity)."""
+        n = self.video_config.max_objects
+        if not self.slot_buckets or self.mesh is not None:
+            return None
+        size = next((b for b in self.slot_buckets if b >= max(need or len(must), 1)), n)
         if size >= n:
             return None
-        return jnp.asarray(np.sort(np.concatenate([live, free[:size - len(live)]])), jnp.int32)
+        return np.sort(np.concatenate([must, spare[:size - len(must)]])).astype(np.int32)
 
     def _nothing_tracked(self) -> dict:
         """A frame's step outputs when it holds no object and no detection (the step would change
@@ -815,14 +832,19 @@ class Sam3VideoPredictor:
         obj_ids = np.asarray(self._state.obj_id)
         rows = np.flatnonzero(active)
         alone = {int(g): int(np.sum(active & (group == g))) == 1 for g in group[rows]}
+        subset = self._bucket_slots(rows, np.flatnonzero(~active))
         for frame_idx in order:
             sam2 = self._frame_features(frame_idx)["sam2_backbone_out"]
             stored_low, stored_score, _ = self._stored(frame_idx)
             self._state, out = self._fns.partial(self.params, self._state, sam2, jnp.int32(frame_idx),
                                                  jnp.int32(len(self._frames)), jnp.asarray(active), stored_low,
-                                                 stored_score, reverse=reverse, video_hw=self._video_hw)
+                                                 stored_score, None if subset is None else jnp.asarray(subset),
+                                                 reverse=reverse, video_hw=self._video_hw)
             self._state = self._put(self._state)
             out = jax.device_get(out)
+            self.partial_sizes[len(active) if subset is None else len(subset)] += 1
+            if subset is not None:  # outputs over the subset -> over the slots (rows outside: never read)
+                out = {k: _spread(v, subset, len(active)) for k, v in out.items()}
             for r in rows:
                 if out["stored"][r] and alone[int(group[r])]:
                     self._clear_around(int(obj_ids[r]), int(r), frame_idx)
@@ -862,6 +884,14 @@ class Sam3VideoPredictor:
         tracks = [t for t, _ in self._tracks()]
         return {"births_dropped": sum(int(t._state.num_dropped) for t in tracks),
                 "memory_dropped": sum(int(t._state.memory_dropped) for t in tracks)}
+
+
+def _spread(x: Any, slots: np.ndarray, n: int) -> np.ndarray:
+    """Per-slot outputs of a slot subset -> an (n, ...) array with them at their slots (zeros elsewhere)."""
+    x = np.asarray(x)
+    full = np.zeros((n,) + x.shape[1:], x.dtype)
+    full[slots] = x
+    return full
 
 
 def _check_obj_id(obj_id: Any) -> int:
