@@ -120,8 +120,9 @@ def main(argv) -> int:
         merge = dataclasses.replace(MergeConfig(), score_threshold_detection=_DET_THRESHOLD.value,
                                     new_det_thresh=_NEW_THRESHOLD.value)
         vcfg = dataclasses.replace(VideoConfig(), max_objects=_MAX_OBJECTS.value, merge=merge)
+        clicks = _parse_clicks(_POINTS.value, _BOX.value)  # malformed flags fail before the model loads
+        exemplar = _parse_exemplar(_EXEMPLAR.value) if _EXEMPLAR.value else None
         predictor = Sam3VideoPredictor.from_checkpoint(_CKPT.value, vcfg)
-        clicks = _parse_clicks(_POINTS.value, _BOX.value)
         predictor.start_session(_VIDEO.value, cache_outputs=bool(clicks))  # clicks need the cached outputs
         n = predictor.num_frames
         os.makedirs(_OUT.value, exist_ok=True)
@@ -129,12 +130,11 @@ def main(argv) -> int:
         scale = np.array([w, h, w, h], np.float32)
         texts = list(_TEXT.value)
         prompts = [(t, {}) for t in texts]
-        if _EXEMPLAR.value:
-            box = _parse_exemplar(_EXEMPLAR.value)
+        if exemplar:
             if prompts:
-                prompts[0] = (texts[0], box)
+                prompts[0] = (texts[0], exemplar)
             else:
-                prompts, texts = [(None, box)], ["visual"]
+                prompts, texts = [(None, exemplar)], ["visual"]
         for k, (text, box) in enumerate(prompts):  # propagation yields the prompted frame again
             predictor.add_prompt(_START.value, text, append=k > 0, **box)
         frames = predictor.propagate(_DIRECTION.value, max_frames=_MAX_FRAMES.value)

@@ -41,8 +41,8 @@ import numpy as np
 from sam3_jax.formats.image import resize_uint8, to_uint8_rgb
 from sam3_jax.model.tokenizer import ClipTokenizer
 from sam3_jax.model.video import interact
-from sam3_jax.model.video.step import (NO_OBJ_SCORE, VideoConfig, VideoState, detect_frame, encode_frame,
-                                       gather_slots, postprocess, scatter_slots, track_slots)
+from sam3_jax.model.video.step import (NO_OBJ_SCORE, VideoConfig, VideoState, detect_frame, detector_params,
+                                       encode_frame, gather_slots, postprocess, scatter_slots, track_slots)
 from sam3_jax.predict.predictor import VISUAL_PROMPT_TEXT
 
 _IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
@@ -142,8 +142,7 @@ def _compiled(cfg_json: str, vcfg: VideoConfig):
 
     @jax.jit
     def encode_text(params, tokens):
-        det_params = {k: v for k, v in params.items() if k != "tracker"}
-        return model.apply({"params": det_params}, tokens, method=Sam3Image.forward_text)
+        return model.apply({"params": detector_params(params)}, tokens, method=Sam3Image.forward_text)
 
     @jax.jit
     def detect(params, feats, text_out, allow_new, geo):
@@ -400,22 +399,18 @@ class Sam3VideoPredictor:
         slots = self._active_slots(det)
         if slots is not None and len(slots) == 0:  # no object and no detection: nothing to track
             out = self._nothing_tracked()
-            self.step_sizes[0] += 1
-            self._recent_births = 0
-            self._done.add(frame_idx)
-            if self._caching:
-                self._cache.record_step(frame_idx, out, keep_low_res=self.return_low_res)
-            return out
-        args = (det, feats["sam2_backbone_out"], jnp.int32(frame_idx), jnp.int32(len(self._frames)))
-        self._state, out = self._step(self.params, self._state, *args, slots, reverse=reverse, video_hw=self._video_hw)
-        self.step_sizes[len(out["obj_id"])] += 1
-        if slots is not None and not bool(out["fits"]):  # more births than the subset's free slots
-            self._state, out = self._step(self.params, self._state, *args, None, reverse=reverse,
+        else:
+            args = (det, feats["sam2_backbone_out"], jnp.int32(frame_idx), jnp.int32(len(self._frames)))
+            self._state, out = self._step(self.params, self._state, *args, slots, reverse=reverse,
                                           video_hw=self._video_hw)
-            self.step_sizes[len(out["obj_id"])] += 1
+            if slots is not None and not bool(out["fits"]):  # more births than the subset's free slots
+                self.step_sizes[len(slots)] += 1
+                self._state, out = self._step(self.params, self._state, *args, None, reverse=reverse,
+                                              video_hw=self._video_hw)
+            self._state = self._put(self._state)  # keep the placement (one compiled step)
+            out = jax.device_get(out)
+        self.step_sizes[len(out["obj_id"])] += 1
         self._recent_births = int(out["num_new"])
-        self._state = self._put(self._state)  # keep the placement (one compiled step)
-        out = jax.device_get(out)
         removed = np.asarray(out["obj_id"])[np.asarray(out["removed"])]
         self._removed.update(int(i) for i in removed)
         if self._caching:

@@ -132,13 +132,17 @@ def inverse_sigmoid(x: jax.Array, eps: float = 1e-3) -> jax.Array:
     return jnp.log(jnp.maximum(x, eps) / jnp.maximum(1.0 - x, eps))
 
 
+def detector_params(params: Mapping[str, Any]) -> dict[str, Any]:
+    """The image model's params (everything but the tracker's)."""
+    return {k: v for k, v in params.items() if k != "tracker"}
+
+
 def encode_frame(params: Mapping[str, Any], cfg, image: jax.Array) -> dict[str, Any]:
     """The backbone on one frame (image (1, S, S, 3) normalised) -> the features both the detector
     ("backbone_fpn", "vision_pos_enc") and the tracker ("sam2_backbone_out") read."""
     from sam3_jax.model.sam3_image import Sam3Image
 
-    det_params = {k: v for k, v in params.items() if k != "tracker"}
-    return Sam3Image(cfg).apply({"params": det_params}, image, method=Sam3Image.forward_image)
+    return Sam3Image(cfg).apply({"params": detector_params(params)}, image, method=Sam3Image.forward_image)
 
 
 def detect_frame(params: Mapping[str, Any], cfg, feats: Mapping[str, Any], text_out: Mapping[str, jax.Array],
@@ -153,12 +157,11 @@ def detect_frame(params: Mapping[str, Any], cfg, feats: Mapping[str, Any], text_
     and not suppressed; none when allow_new is False)."""
     from sam3_jax.model.sam3_image import Sam3Image
 
-    model = Sam3Image(cfg)
-    det_params = {k: v for k, v in params.items() if k != "tracker"}
     image_out = {"backbone_fpn": feats["backbone_fpn"], "vision_pos_enc": feats["vision_pos_enc"]}
     if geo is None:
         geo = (jnp.zeros((1, 0, 4), jnp.float32), jnp.zeros((1, 0), jnp.int32), jnp.zeros((1, 0), bool))
-    out = model.apply({"params": det_params}, image_out, text_out, *geo, method=Sam3Image.forward_grounding)
+    out = Sam3Image(cfg).apply({"params": detector_params(params)}, image_out, text_out, *geo,
+                               method=Sam3Image.forward_grounding)
     prob = jax.nn.sigmoid(out["pred_logits"][0, :, 0]) * jax.nn.sigmoid(out["presence_logit_dec"][0, 0])
     probs = jax.nn.sigmoid(jnp.clip(inverse_sigmoid(prob), -10.0, 10.0))
     masks = out["pred_masks"][0].astype(jnp.float32)
@@ -461,19 +464,13 @@ def track_slots(params, cfg, vcfg: VideoConfig, state: VideoState, det, sam2_out
     return new, {**out, "fits": fits}
 
 
-def frame_step(params, cfg, vcfg: VideoConfig, state: VideoState, feats, text_out, frame_idx, num_frames,
-               allow_new: Any = True, geo=None, *, reverse: bool, video_hw: tuple[int, int]):
-    """`detect_frame` + `track_frame` on one frame's features (`encode_frame`)."""
-    det, sam2_out = detect_frame(params, cfg, feats, text_out, vcfg.merge, allow_new, geo)
-    return track_frame(params, cfg, vcfg, state, det, sam2_out, frame_idx, num_frames, reverse=reverse,
-                       video_hw=video_hw)
-
-
 def video_step(params, cfg, vcfg: VideoConfig, state: VideoState, image: jax.Array, text_out, frame_idx, num_frames,
                allow_new: Any = True, geo=None, *, reverse: bool, video_hw: tuple[int, int]):
-    """`encode_frame` + `frame_step`: one whole frame from its normalised image (1, S, S, 3)."""
-    return frame_step(params, cfg, vcfg, state, encode_frame(params, cfg, image), text_out, frame_idx, num_frames,
-                      allow_new, geo, reverse=reverse, video_hw=video_hw)
+    """`encode_frame` + `detect_frame` + `track_frame`: one whole frame, every slot, from its
+    normalised image (1, S, S, 3) (what the memory planner compiles)."""
+    det, sam2_out = detect_frame(params, cfg, encode_frame(params, cfg, image), text_out, vcfg.merge, allow_new, geo)
+    return track_frame(params, cfg, vcfg, state, det, sam2_out, frame_idx, num_frames, reverse=reverse,
+                       video_hw=video_hw)
 
 
 def postprocess(outputs: Mapping[str, Any], hidden: Optional[Any] = None, *, low_res: bool = False) -> dict[str, Any]:
