@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import math
+import re
 
 import flax.linen as nn
 import jax
@@ -258,6 +259,36 @@ def test_apply_rope_keeps_dtype():
     cos, sin = rope_cos_sin(axial_rope_angles(16, 4, 4))
     x = jnp.ones((1, 16, 2, 16), jnp.bfloat16)
     assert apply_rope(x, cos, sin).dtype == jnp.bfloat16
+
+
+def test_bf16_products_accumulate_in_fp32():
+    """On the CPU backend, bf16 Dense / einsum / conv products are computed with fp32 accumulation
+    (a dot with bf16 operands and an fp32 result, XLA:CPU's fast bf16 path) and rounded once to
+    bf16; fp32 products are plain dots."""
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.standard_normal((4, 300)), jnp.bfloat16)
+    w = jnp.asarray(rng.standard_normal((300, 5)), jnp.bfloat16)
+    want = (np.asarray(x, np.float64) @ np.asarray(w, np.float64)).astype(np.float32)
+    got = core.einsum("ic,co->io", x, w)
+    assert got.dtype == jnp.bfloat16
+    np.testing.assert_allclose(np.asarray(got, np.float32), want, rtol=2 ** -8, atol=1e-6)
+    dense = core.Dense(5, (None, None), dtype=jnp.bfloat16, param_dtype=jnp.bfloat16)
+    params = {"kernel": w, "bias": jnp.zeros((5,), jnp.bfloat16)}
+    y = dense.apply({"params": params}, x)
+    assert y.dtype == jnp.bfloat16
+    np.testing.assert_allclose(np.asarray(y, np.float32), want, rtol=2 ** -8, atol=1e-6)
+    conv = core.Conv(5, 3, padding=1, dtype=jnp.bfloat16, param_dtype=jnp.bfloat16)
+    img = jnp.asarray(rng.standard_normal((1, 6, 6, 4)), jnp.bfloat16)
+    cparams = conv.init(jax.random.PRNGKey(0), img)
+    for op, fn, args in (("dot_general", lambda a, b: core.einsum("ic,co->io", a, b), (x, w)),
+                         ("dot_general", lambda p, a: dense.apply({"params": p}, a), (params, x)),
+                         ("convolution", lambda p, a: conv.apply(p, a), (cparams, img))):
+        hlo = jax.jit(fn).lower(*args).as_text()
+        types = [ln.rsplit(" : (", 1)[1] for ln in hlo.splitlines() if f"stablehlo.{op}" in ln]
+        assert types and all(re.fullmatch(r"tensor<\S+bf16>, tensor<\S+bf16>\) -> tensor<\S+f32>", t)
+                             for t in types), hlo
+    f32 = jax.jit(lambda a, b: core.einsum("ic,co->io", a, b)).lower(x.astype(jnp.float32), w.astype(jnp.float32))
+    assert "preferred" not in f32.as_text() and "bf16" not in f32.as_text()
 
 
 def test_rope_rejects_bad_dim():

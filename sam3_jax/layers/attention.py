@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from sam3_jax.layers import partitioning as P
-from sam3_jax.layers.core import zeros
+from sam3_jax.layers.core import einsum, zeros
 
 Dtype = Any
 
@@ -204,7 +204,7 @@ class HeadProjection(nn.Module):
             (x.shape[-1], self.num_heads, self.head_dim), self.param_dtype,
         )
         dtype = self.dtype or jnp.result_type(x, kernel)
-        y = jnp.einsum("...c,chd->...hd", x.astype(dtype), kernel.astype(dtype))
+        y = einsum("...c,chd->...hd", x.astype(dtype), kernel.astype(dtype))
         if self.use_bias:
             bias = self.param("bias", P.with_axes(zeros, (P.HEADS, P.KV)), (self.num_heads, self.head_dim),
                               self.param_dtype)
@@ -228,7 +228,7 @@ class HeadMerge(nn.Module):
         )
         bias = self.param("bias", P.with_axes(zeros, (P.EMBED,)), (self.features,), self.param_dtype)
         dtype = self.dtype or jnp.result_type(x, kernel)
-        return jnp.einsum("...hd,hdc->...c", x.astype(dtype), kernel.astype(dtype)) + bias.astype(dtype)
+        return einsum("...hd,hdc->...c", x.astype(dtype), kernel.astype(dtype)) + bias.astype(dtype)
 
 
 class MultiHeadAttention(nn.Module):

@@ -41,6 +41,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from sam3_jax.layers.core import einsum
+
 
 def _axis_weights(
     start: jax.Array,
@@ -141,8 +143,8 @@ def roi_align(
     ax = _axis_weights(x1, bin_w, grid_w, w, out, n_w, adaptive)  # (B, N, out, W)
     dtype = features.dtype
     ay, ax = ay.astype(dtype), ax.astype(dtype)
-    rows = jnp.einsum("bnph,bhwc->bnpwc", ay, features)
-    return jnp.einsum("bnqw,bnpwc->bnpqc", ax, rows)
+    rows = einsum("bnph,bhwc->bnpwc", ay, features)
+    return einsum("bnqw,bnpwc->bnpqc", ax, rows)
 
 
 def grid_sample(features: jax.Array, grid: jax.Array) -> jax.Array:

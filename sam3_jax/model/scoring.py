@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from sam3_jax.layers import partitioning as P
-from sam3_jax.layers.core import Dense
+from sam3_jax.layers.core import Dense, einsum
 from sam3_jax.model.mlp import MLP
 
 Dtype = Any
@@ -57,7 +57,7 @@ class DotProductScoring(nn.Module):
         pooled = masked_mean(p, prompt_mask)
         proj_prompt = Dense(self.d_proj, (P.EMBED, None), name="prompt_proj", **kw)(pooled)  # (B, D)
         proj_hs = Dense(self.d_proj, (P.EMBED, None), name="hs_proj", **kw)(hs)  # (L, B, Q, D)
-        scores = jnp.einsum("lbqd,bd->lbq", proj_hs, proj_prompt.astype(proj_hs.dtype))[..., None]
+        scores = einsum("lbqd,bd->lbq", proj_hs, proj_prompt.astype(proj_hs.dtype))[..., None]
         scores = scores * jnp.asarray(1.0 / math.sqrt(self.d_proj), scores.dtype)
         return jnp.clip(scores, -self.clamp_max_val, self.clamp_max_val)
 

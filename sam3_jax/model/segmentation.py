@@ -27,7 +27,7 @@ import jax.numpy as jnp
 
 from sam3_jax.layers import partitioning as P
 from sam3_jax.layers.attention import MultiHeadAttention
-from sam3_jax.layers.core import Conv, LayerNorm, ones, zeros
+from sam3_jax.layers.core import Conv, LayerNorm, einsum, ones, zeros
 from sam3_jax.layers.resize import resize_nearest
 from sam3_jax.model.mlp import MLP
 
@@ -188,7 +188,7 @@ class SegmentationHead(nn.Module):
         instance_embeds = Conv(self.d_model, 1, name="instance_seg_head", **kw)(pixel_embed)
         query_embed = _MaskPredictor(self.d_model, self.mask_mlp_layers, name="mask_predictor", **kw)(obj_queries)
         query_embed = P.constrain(query_embed, (P.BATCH, P.LENGTH, P.ACT_EMBED))
-        pred_masks = jnp.einsum("bqc,bhwc->bqhw", query_embed, instance_embeds.astype(query_embed.dtype))
+        pred_masks = einsum("bqc,bhwc->bqhw", query_embed, instance_embeds.astype(query_embed.dtype))
 
         # 5. Semantic head.
         semantic_seg = Conv(1, 1, name="semantic_seg_head", **kw)(pixel_embed)

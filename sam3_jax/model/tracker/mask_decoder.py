@@ -38,7 +38,7 @@ import jax
 import jax.numpy as jnp
 
 from sam3_jax.layers import partitioning as P
-from sam3_jax.layers.core import Conv, ConvTranspose, Dense, LayerNorm2d, gelu
+from sam3_jax.layers.core import Conv, ConvTranspose, Dense, LayerNorm2d, einsum, gelu
 from sam3_jax.model.mlp import MLP
 from sam3_jax.model.tracker.common import token_table
 from sam3_jax.model.tracker.two_way_transformer import TwoWayTransformer
@@ -239,7 +239,7 @@ class MaskDecoder(nn.Module):
         hyper_in = jnp.stack(
             [mlp(mask_tokens_out[:, i]) for i, mlp in enumerate(self.output_hypernetworks_mlps)], axis=1
         )
-        masks = jnp.einsum("bmc,bhwc->bmhw", hyper_in, upscaled.astype(hyper_in.dtype))
+        masks = einsum("bmc,bhwc->bmhw", hyper_in, upscaled.astype(hyper_in.dtype))
 
         # 5. IoU and object-score heads.
         iou_pred = self.iou_prediction_head(iou_token_out)

@@ -40,7 +40,7 @@ import jax
 import jax.numpy as jnp
 
 from sam3_jax.layers import partitioning as P
-from sam3_jax.layers.core import Conv, Dense, LayerNorm2d, default_kernel_init, gelu, zeros
+from sam3_jax.layers.core import Conv, Dense, LayerNorm2d, conv_general_dilated, default_kernel_init, gelu, zeros
 from sam3_jax.layers.position import sine_position_map
 from sam3_jax.layers.resize import resize_bilinear
 
@@ -138,7 +138,8 @@ class CXBlock(nn.Module):
         h = nn.Conv(
             c, kernel_size=(k, k), padding=((k // 2, k // 2), (k // 2, k // 2)), feature_group_count=c,
             kernel_init=P.with_axes(default_kernel_init, (None, None, None, P.CONV_OUT)),
-            bias_init=P.with_axes(zeros, (P.CONV_OUT,)), name="dwconv", **kw,
+            bias_init=P.with_axes(zeros, (P.CONV_OUT,)), conv_general_dilated=conv_general_dilated,
+            name="dwconv", **kw,
         )(x)
         h = LayerNorm2d(name="norm", **kw)(h)
         h = gelu(Dense(4 * c, (P.EMBED, P.MLP), name="pwconv1", **kw)(h))
