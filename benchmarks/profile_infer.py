@@ -4,7 +4,7 @@
     python benchmarks/profile_infer.py --config full [--top 12] [--trace_dir /tmp/sam3_trace]
 
 Random weights (`bench_infer.random_params`; times do not depend on their values), the astronaut
-photo, fp32.
+photo, fp32 (or `--dtype bfloat16`: the bf16 path).
 1. Stages: the image encoder (set_image) and the parts of one text prompt on the cached image
    (text encoder, geometry + fusion encoder, decoder + scoring, segmentation head for every query),
    each its own jitted function, median of 3 warm calls.
@@ -131,6 +131,8 @@ def main() -> None:
     ap.add_argument("--config", default="tiny", choices=["tiny", "full"])
     ap.add_argument("--top", type=int, default=12)
     ap.add_argument("--trace_dir", default=None)
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                    help="compute dtype (bfloat16: params cast to bf16, the bf16 path)")
     args = ap.parse_args()
 
     import jax
@@ -142,11 +144,14 @@ def main() -> None:
 
     cfg = model_config(args.config)
     _, params = bench_infer.build_weights(cfg, 0, with_official=False)
+    if args.dtype != "float32":
+        cfg.dtype = args.dtype
+        params = bench_infer.cast_params(params, args.dtype)
     pred = Sam3ImagePredictor(params, cfg)
     photo = skimage.data.astronaut()
     pred.set_image(photo)
     pred.predict(text="a person")  # compile
-    print(f"config {args.config} ({cfg.image_size} px), fp32, {bench_infer.cpu_name()}, {bench_infer.cpu_isa()}, "
+    print(f"config {args.config} ({cfg.image_size} px), {args.dtype}, {bench_infer.cpu_name()}, {bench_infer.cpu_isa()}, "
           f"jax {jax.__version__} on {jax.default_backend()}")
     print("\nstages (each jitted alone, median of 3):")
     for name, s in stage_times(pred).items():
