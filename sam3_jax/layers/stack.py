@@ -2,24 +2,14 @@
 
 Scanning keeps compile time flat in depth; the params of the L blocks live in one tree whose
 leaves have a leading axis of size L (logical axis name 'layers').
-
-Inference with bf16 params (`for_inference`): XLA:CPU upcasts a bf16 array that a loop slices to
-fp32 as a whole, before the loop (at the full config: a 1.6 GB fp32 copy of the ViT's 32 stacked
-blocks on every call, and fp32 weight reads in the loop). Inside `for_inference`, the scanned
-stacks carry bf16 params as their uint16 bits and each block turns its slice back into bf16 (a
-bitcast, free), so the loop reads the stored bf16 weights. The bits carry no gradient, hence only
-for inference; fp32 params are untouched.
 """
 
 from __future__ import annotations
 
-import contextvars
-import functools
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 
 from sam3_jax.layers import partitioning as P
 
@@ -29,34 +19,6 @@ REMAT_POLICIES = {
     "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
     "dots_saveable": jax.checkpoint_policies.dots_saveable,
 }
-
-
-_BF16_AS_BITS = contextvars.ContextVar("sam3_jax_bf16_scan_params_as_bits", default=False)
-
-
-def for_inference(fn: Callable) -> Callable:
-    """Decorates a function that applies the model for inference (no gradient to its params):
-    while it is traced, scanned stacks slice bf16 params as uint16 bits (see the module doc)."""
-
-    @functools.wraps(fn)
-    def wrapped(*args, **kwargs):
-        token = _BF16_AS_BITS.set(True)
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            _BF16_AS_BITS.reset(token)
-
-    return wrapped
-
-
-def _to_bits(tree: Any) -> Any:
-    return jax.tree_util.tree_map(
-        lambda x: jax.lax.bitcast_convert_type(x, jnp.uint16) if x.dtype == jnp.bfloat16 else x, tree)
-
-
-def _from_bits(tree: Any) -> Any:
-    return jax.tree_util.tree_map(
-        lambda x: jax.lax.bitcast_convert_type(x, jnp.bfloat16) if x.dtype == jnp.uint16 else x, tree)
 
 
 def scanned(block_cls: type[nn.Module], *, length: int, in_axes: Sequence[Any], remat: str = "none"):
@@ -70,10 +32,7 @@ def scanned(block_cls: type[nn.Module], *, length: int, in_axes: Sequence[Any], 
     if remat != "none":
         policy = REMAT_POLICIES[remat]
         cls = nn.remat(cls, prevent_cse=False, policy=None if policy == "full" else policy)
-    bits = _BF16_AS_BITS.get()
-    if bits:  # each block sees bf16 again; init (no bf16 yet) passes through unchanged
-        cls = nn.map_variables(cls, "params", trans_in_fn=_from_bits, trans_out_fn=_to_bits, init=True)
-    stack = nn.scan(
+    return nn.scan(
         cls,
         variable_axes={"params": 0},
         split_rngs={"params": True, "dropout": True},
@@ -81,6 +40,3 @@ def scanned(block_cls: type[nn.Module], *, length: int, in_axes: Sequence[Any], 
         length=length,
         metadata_params={nn.PARTITION_NAME: P.LAYERS},
     )
-    if bits:
-        stack = nn.map_variables(stack, "params", trans_in_fn=_to_bits, trans_out_fn=_from_bits, init=True)
-    return stack

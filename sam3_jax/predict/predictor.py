@@ -42,7 +42,6 @@ import numpy as np
 
 from sam3_jax.formats.image import normalize_table, resize_taps, resize_uint8_on_device, to_uint8_rgb
 from sam3_jax.layers.resize import resize_bilinear
-from sam3_jax.layers.stack import for_inference
 from sam3_jax.model.tokenizer import ClipTokenizer
 from sam3_jax.model.tracker import instance
 from sam3_jax.model.tracker.prompt_encoder import check_point_labels
@@ -111,7 +110,6 @@ class Sam3ImagePredictor:
                 "instance prompts need the tracker neck, but this model config has neck.add_sam2_neck=False")
 
         @jax.jit
-        @for_inference
         def encode_image(params, heads, images):
             out = model.apply({"params": params}, images, method=type(model).forward_image)
             image_out = {"backbone_fpn": out["backbone_fpn"], "vision_pos_enc": out["vision_pos_enc"]}
@@ -121,7 +119,6 @@ class Sam3ImagePredictor:
             return image_out, inst
 
         @jax.jit
-        @for_inference
         def ground(params, image_out, tokens, boxes, box_labels, box_mask):
             out = model.apply(
                 {"params": params}, image_out, tokens, boxes, box_labels, box_mask,
@@ -132,7 +129,6 @@ class Sam3ImagePredictor:
             return {"scores": scores, "pred_boxes_xyxy": out["pred_boxes_xyxy"], **{k: out[k] for k in keep}}
 
         @functools.partial(jax.jit, static_argnames=("size",))
-        @for_inference
         def masks(params, image_out, det, row, query_idx, *, size):
             """Masks of the kept queries `query_idx` (K,) of prompt `row` only: the segmentation
             head on those queries, bilinear to `size`, sigmoid > 0.5 -> (K, H, W) bool."""
@@ -144,7 +140,6 @@ class Sam3ImagePredictor:
             return _upsample_binarise(logits, size)
 
         @functools.partial(jax.jit, static_argnames=("orig_hw", "multimask_output"))
-        @for_inference
         def segment_instances(heads, features, points, labels, mask_input, *, orig_hw, multimask_output):
             return instance.predict(cfg, heads, features, points, labels, mask_input, orig_hw=orig_hw,
                                     multimask_output=multimask_output)

@@ -39,7 +39,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from sam3_jax.formats.image import resize_uint8, to_uint8_rgb
-from sam3_jax.layers.stack import for_inference
 from sam3_jax.model.tokenizer import ClipTokenizer
 from sam3_jax.model.video import interact
 from sam3_jax.model.video.step import (NO_OBJ_SCORE, VideoConfig, VideoState, detect_frame, detector_params,
@@ -142,34 +141,28 @@ def _compiled(cfg_json: str, vcfg: VideoConfig):
     model = Sam3Image(cfg)
 
     @jax.jit
-    @for_inference
     def encode_text(params, tokens):
         return model.apply({"params": detector_params(params)}, tokens, method=Sam3Image.forward_text)
 
     @jax.jit
-    @for_inference
     def detect(params, feats, text_out, allow_new, geo):
         return detect_frame(params, cfg, feats, text_out, vcfg.merge, allow_new, geo)[0]
 
     @functools.partial(jax.jit, static_argnames=("reverse", "video_hw"), donate_argnames=("state",))
-    @for_inference
     def step(params, state, det, sam2_out, frame_idx, num_frames, slots, *, reverse, video_hw):
         return track_slots(params, cfg, vcfg, state, det, sam2_out, frame_idx, num_frames, slots, reverse=reverse,
                            video_hw=video_hw)
 
     @jax.jit
-    @for_inference
     def encode(params, image):
         return encode_frame(params, cfg, image)
 
     @functools.partial(jax.jit, static_argnames=("multimask_output",))
-    @for_inference
     def click(params, sam2_out, points, labels, prev_low, *, multimask_output):
         return interact.click_output(params, cfg, sam2_out, points, labels, prev_low,
                                      multimask_output=multimask_output)
 
     @functools.partial(jax.jit, donate_argnames=("state",))
-    @for_inference
     def commit(params, state, sam2_out, frame_idx, slot, click_out, stored_low, stored_score, has_stored):
         return interact.commit_click(params, cfg, state, sam2_out, frame_idx, slot, click_out, stored_low,
                                      stored_score, has_stored)
@@ -179,7 +172,6 @@ def _compiled(cfg_json: str, vcfg: VideoConfig):
         return interact.click_video_mask(low, video_hw, vcfg.fill_hole_area)
 
     @functools.partial(jax.jit, static_argnames=("reverse", "video_hw"), donate_argnames=("state",))
-    @for_inference
     def partial(params, state, sam2_out, frame_idx, num_frames, active, stored_low, stored_score, slots, *, reverse,
                 video_hw):
         if slots is None:
