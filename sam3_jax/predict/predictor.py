@@ -158,7 +158,9 @@ class Sam3ImagePredictor:
         dtype: the compute dtype, "float32" or "bfloat16" (default: the stored parameters' dtype,
         so a checkpoint converted with `--dtype bfloat16` runs the bf16 path). In bf16 the model
         keeps the official autocast's float32 parts (norm statistics, softmax, the decoder FFN,
-        box refinement, presence); the mask logits are upsampled in float32."""
+        box refinement, presence), its matmuls accumulate in float32 and round once to bf16 (as
+        autocast's GEMMs; on a CPU with AMX / AVX-512 BF16 they run on its bf16 units), and the
+        mask logits are upsampled in float32."""
         import ml_collections
 
         from sam3_jax.convert.checkpoint import load_converted, read_manifest
