@@ -60,7 +60,8 @@ def cpu_isa() -> str:
     except OSError:
         return "unknown (no /proc/cpuinfo)"
     if "avx512f" in flags:
-        return "AVX-512" + (" + AVX-512 BF16" if "avx512_bf16" in flags else " (no BF16)")
+        amx = " + AMX-BF16" if "amx_bf16" in flags else ""
+        return "AVX-512" + (" + AVX-512 BF16" if "avx512_bf16" in flags else " (no BF16)") + amx
     return "AVX2 (no AVX-512)" if "avx2" in flags else "no AVX2"
 
 
