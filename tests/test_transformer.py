@@ -295,6 +295,33 @@ def test_prompt_padding_is_ignored(tiny_cfg):
     np.testing.assert_allclose(np.asarray(other["logits"][:, 1]), np.asarray(base["logits"][:, 1]), atol=1e-6)
 
 
+def test_cached_first_self_attention_gives_the_same_memory(tiny_cfg):
+    """The first layer's self-attention computed once per image (`self_attend`) and passed as
+    `self_attended` gives the memory of the full call, for each of several prompts; a cache of
+    another image does not."""
+    shapes = target_shapes(tiny_cfg, batch=2)
+    params = jax.tree_util.tree_map(
+        lambda s: jax.random.normal(jax.random.key(s.size), s.shape, s.dtype) * 0.05, shapes
+    )["transformer"]["encoder"]
+    enc = fusion_encoder_from_config(tiny_cfg)
+    inputs = make_inputs(tiny_cfg, 0, (16, 16), batch=2)
+    img, pos = inputs["img"], inputs["img_pos"]
+    full = jax.jit(lambda p, *a: enc.apply({"params": p}, *a))
+    cached_fn = jax.jit(lambda p, *a, cache: enc.apply({"params": p}, *a, self_attended=cache))
+    cache = jax.jit(lambda p, i, q: enc.apply({"params": p}, i, q, method=type(enc).self_attend))(params, img, pos)
+    assert cache.shape == img.shape
+    rng = np.random.default_rng(1)
+    for _ in range(2):
+        prompt = rng.normal(size=inputs["prompt"].shape).astype(np.float32)
+        ref = np.asarray(full(params, img, pos, prompt, inputs["prompt_mask"]))
+        got = np.asarray(cached_fn(params, img, pos, prompt, inputs["prompt_mask"], cache=cache))
+        np.testing.assert_allclose(got, ref, atol=1e-6, rtol=0)
+    other = np.asarray(cached_fn(params, img, pos, prompt, inputs["prompt_mask"], cache=cache[::-1]))
+    assert np.max(np.abs(other - ref)) > 1e-3
+    with pytest.raises(ValueError, match="self_attended must have img's shape"):
+        cached_fn(params, img, pos, prompt, inputs["prompt_mask"], cache=cache[:1])
+
+
 def test_full_size_parameter_counts(full_cfg):
     shapes = target_shapes(full_cfg, spatial_shape=(72, 72), prompt_len=33)
     assert count_params(shapes["transformer"]["encoder"]) == 9_472_512

@@ -49,6 +49,8 @@ class TransformerEncoderLayer(nn.Module):
     `pos_at_self_attn` / `pos_at_cross_keys` are the official `pos_enc_at_attn` /
     `pos_enc_at_cross_attn_keys`; queries of the cross-attention never get a position.
     Scanned call: (x, x_pos, self_pad, memory, memory_pos, memory_pad); unused ones may be None.
+    `part` runs a piece of the layer on the same params: "self" only the self-attention residual
+    (memory args unused), "rest" all but it (x has had it already); "all" is the layer.
     """
 
     num_heads: int
@@ -57,21 +59,27 @@ class TransformerEncoderLayer(nn.Module):
     pos_at_cross_keys: bool
     cross_attn_name: str = "cross_attn_image"
     attention_impl: Optional[str] = None
+    part: str = "all"
     dtype: Dtype | None = None
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x, x_pos, self_pad, memory, memory_pos, memory_pad):
+        if self.part not in ("all", "self", "rest"):
+            raise ValueError(f"part must be 'all', 'self' or 'rest', got {self.part!r}")
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         mha = dict(attention_impl=self.attention_impl, **kw)
         d = x.shape[-1]
         x = P.constrain(x, (P.BATCH, P.LENGTH, P.ACT_EMBED))
 
-        y = LayerNorm(name="norm1", **kw)(x)
-        qk = y + x_pos.astype(y.dtype) if self.pos_at_self_attn else y
-        x = x + MultiHeadAttention(self.num_heads, name="self_attn", **mha)(
-            qk, qk, y, mask=None if self_pad is None else key_padding_to_mask(self_pad)
-        )
+        if self.part != "rest":
+            y = LayerNorm(name="norm1", **kw)(x)
+            qk = y + x_pos.astype(y.dtype) if self.pos_at_self_attn else y
+            x = x + MultiHeadAttention(self.num_heads, name="self_attn", **mha)(
+                qk, qk, y, mask=None if self_pad is None else key_padding_to_mask(self_pad)
+            )
+            if self.part == "self":
+                return x, None
 
         y = LayerNorm(name="norm2", **kw)(x)
         keys = memory + memory_pos.astype(memory.dtype) if self.pos_at_cross_keys else memory
@@ -86,7 +94,13 @@ class TransformerEncoderLayer(nn.Module):
 
 
 class FusionEncoder(nn.Module):
-    """Official `transformer.encoder`: scanned pre-norm layers under `layers`."""
+    """Official `transformer.encoder`: scanned pre-norm layers under `layers`.
+
+    The first layer's self-attention sees only the image (the prompt enters at its
+    cross-attention), so a predictor that runs many prompts on one image computes it once with
+    `self_attend` and passes the result as `self_attended`; the outputs are those of the full
+    call (the same operations on the same inputs).
+    """
 
     num_layers: int
     num_heads: int
@@ -96,16 +110,45 @@ class FusionEncoder(nn.Module):
     dtype: Dtype | None = None
     param_dtype: Dtype = jnp.float32
 
-    @nn.compact
-    def __call__(self, img: jax.Array, img_pos: jax.Array, prompt: jax.Array, prompt_mask: jax.Array) -> jax.Array:
-        """img, img_pos (B, HW, C); prompt (B, P, C); prompt_mask (B, P) bool, True = padding.
+    def _layer_kwargs(self) -> dict[str, Any]:
+        return dict(num_heads=self.num_heads, dim_feedforward=self.dim_feedforward, pos_at_self_attn=True,
+                    pos_at_cross_keys=False, attention_impl=self.attention_impl, dtype=self.dtype,
+                    param_dtype=self.param_dtype)
 
-        Returns the encoded image tokens `memory` (B, HW, C).
-        """
+    def _layers(self, length: int, **kw) -> nn.Module:
+        return scanned(TransformerEncoderLayer, length=length, in_axes=(nn.broadcast,) * 5, remat=self.remat)(
+            **self._layer_kwargs(), **kw)
+
+    def _stacked_params(self) -> Any:
+        if "params" not in self.variables or "layers" not in self.variables["params"]:
+            raise ValueError("FusionEncoder.self_attend / self_attended need initialised params (apply, not init)")
+        return self.variables["params"]["layers"]
+
+    @staticmethod
+    def _check_image(img: jax.Array, img_pos: jax.Array) -> None:
         if img.ndim != 3 or img_pos.shape != img.shape:
             raise ValueError(
                 f"img and img_pos must both be (B, HW, C), got {tuple(img.shape)} and {tuple(img_pos.shape)}"
             )
+
+    def self_attend(self, img: jax.Array, img_pos: jax.Array) -> jax.Array:
+        """The first layer's self-attention residual (B, HW, C): prompt-independent, once per image."""
+        self._check_image(img, img_pos)
+        dtype = self.dtype or img.dtype
+        first = jax.tree.map(lambda a: a[0], self._stacked_params())
+        layer = TransformerEncoderLayer(**self._layer_kwargs(), part="self", parent=None)
+        x, _ = layer.apply({"params": first}, img.astype(dtype), img_pos.astype(dtype), None, None, None, None)
+        return x
+
+    @nn.compact
+    def __call__(self, img: jax.Array, img_pos: jax.Array, prompt: jax.Array, prompt_mask: jax.Array,
+                 self_attended: Optional[jax.Array] = None) -> jax.Array:
+        """img, img_pos (B, HW, C); prompt (B, P, C); prompt_mask (B, P) bool, True = padding;
+        self_attended: `self_attend(img, img_pos)` computed earlier (B, HW, C), or None.
+
+        Returns the encoded image tokens `memory` (B, HW, C).
+        """
+        self._check_image(img, img_pos)
         if prompt.ndim != 3 or prompt.shape[0] != img.shape[0] or prompt.shape[-1] != img.shape[-1]:
             raise ValueError(f"prompt must be (B, P, C) matching img {tuple(img.shape)}, got {tuple(prompt.shape)}")
         if prompt_mask.shape != prompt.shape[:2] or prompt_mask.dtype != jnp.bool_:
@@ -114,22 +157,21 @@ class FusionEncoder(nn.Module):
                 f"{tuple(prompt_mask.shape)}"
             )
         dtype = self.dtype or img.dtype
-        Layers = scanned(
-            TransformerEncoderLayer,
-            length=self.num_layers,
-            in_axes=(nn.broadcast,) * 5,
-            remat=self.remat,
-        )
-        x, _ = Layers(
-            self.num_heads,
-            self.dim_feedforward,
-            pos_at_self_attn=True,
-            pos_at_cross_keys=False,
-            attention_impl=self.attention_impl,
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
-            name="layers",
-        )(img.astype(dtype), img_pos.astype(dtype), None, prompt.astype(dtype), None, prompt_mask)
+        img_pos, prompt = img_pos.astype(dtype), prompt.astype(dtype)
+        if self_attended is None:
+            x, _ = self._layers(self.num_layers, name="layers")(img.astype(dtype), img_pos, None, prompt, None,
+                                                                prompt_mask)
+            return x
+        if self_attended.shape != img.shape:
+            raise ValueError(f"self_attended must have img's shape {tuple(img.shape)}, got {tuple(self_attended.shape)}")
+        stacked = self._stacked_params()
+        first = jax.tree.map(lambda a: a[0], stacked)
+        x, _ = TransformerEncoderLayer(**self._layer_kwargs(), part="rest", parent=None).apply(
+            {"params": first}, self_attended.astype(dtype), img_pos, None, prompt, None, prompt_mask)
+        if self.num_layers > 1:
+            rest = jax.tree.map(lambda a: a[1:], stacked)
+            x, _ = self._layers(self.num_layers - 1, parent=None).apply(
+                {"params": rest}, x, img_pos, None, prompt, None, prompt_mask)
         return x
 
 

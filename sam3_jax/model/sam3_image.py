@@ -63,9 +63,19 @@ class Sam3Image(nn.Module):
         return self.backbone.forward_image(images, **kw)
 
     def forward_image_for_grounding(self, images: jax.Array) -> dict[str, Any]:
-        """Just what grounding needs from the image (what a predictor caches)."""
+        """Just what grounding needs from the image (what a predictor caches), with the fusion
+        encoder's prompt-independent first self-attention (`prompt_independent`)."""
         out = self.backbone.forward_image(images)
-        return {"backbone_fpn": out["backbone_fpn"], "vision_pos_enc": out["vision_pos_enc"]}
+        return self.prompt_independent({"backbone_fpn": out["backbone_fpn"], "vision_pos_enc": out["vision_pos_enc"]})
+
+    def prompt_independent(self, image_out: dict[str, Any]) -> dict[str, Any]:
+        """image_out plus `encoder_self_attn` (B, HW, C): the fusion encoder's first-layer
+        self-attention over the image tokens, which no prompt changes. `detect` uses it when
+        present instead of recomputing it for every prompt (same operations, same results)."""
+        feats, feat_pos = image_out["backbone_fpn"][-1], image_out["vision_pos_enc"][-1]
+        b, h, w, c = feats.shape
+        cached = self.transformer.encoder.self_attend(feats.reshape(b, h * w, c), feat_pos.reshape(b, h * w, c))
+        return {**image_out, "encoder_self_attn": cached}
 
     def forward_text(self, tokens: jax.Array) -> dict[str, jax.Array]:
         return self.backbone.forward_text(tokens)
@@ -135,16 +145,19 @@ class Sam3Image(nn.Module):
         per-prompt `backbone_fpn` / `vision_pos_enc` (what `segment` needs for the masks)."""
         fpn = list(image_out["backbone_fpn"])
         pos = list(image_out["vision_pos_enc"])
+        cached = image_out.get("encoder_self_attn")  # from `prompt_independent`, or None
         n_prompts = text_out["language_features"].shape[0]
         n_images = fpn[-1].shape[0]
         if img_ids is not None:
-            fpn = [jnp.take(f, img_ids, axis=0) for f in fpn]
-            pos = [jnp.take(p, img_ids, axis=0) for p in pos]
+            pick = lambda a: jnp.take(a, img_ids, axis=0)  # noqa: E731
         elif n_images != n_prompts:
             if n_images != 1:
                 raise ValueError(f"{n_prompts} prompts for {n_images} images: pass img_ids")
-            fpn = [jnp.broadcast_to(f, (n_prompts,) + f.shape[1:]) for f in fpn]
-            pos = [jnp.broadcast_to(p, (n_prompts,) + p.shape[1:]) for p in pos]
+            pick = lambda a: jnp.broadcast_to(a, (n_prompts,) + a.shape[1:])  # noqa: E731
+        else:
+            pick = lambda a: a  # noqa: E731
+        fpn, pos = [pick(f) for f in fpn], [pick(p) for p in pos]
+        cached = None if cached is None else pick(cached)
         feats, feat_pos = fpn[-1], pos[-1]
         b, h, w, c = feats.shape
 
@@ -156,7 +169,7 @@ class Sam3Image(nn.Module):
 
         img_tokens = feats.reshape(b, h * w, c)
         img_pos = feat_pos.reshape(b, h * w, c)
-        memory = self.transformer.encoder(img_tokens, img_pos, prompt, prompt_mask)
+        memory = self.transformer.encoder(img_tokens, img_pos, prompt, prompt_mask, self_attended=cached)
         dec = self.transformer.decoder(memory, img_pos, (h, w), prompt, prompt_mask, dac=dac)
         logits = self.dot_prod_scoring(dec["hs"], prompt, prompt_mask)  # (L, B, Q, 1); 2Q with DAC
         return {"backbone_fpn": fpn, "vision_pos_enc": pos, "memory": memory, "prompt": prompt,

@@ -112,7 +112,8 @@ class Sam3ImagePredictor:
         @jax.jit
         def encode_image(params, heads, images):
             out = model.apply({"params": params}, images, method=type(model).forward_image)
-            image_out = {"backbone_fpn": out["backbone_fpn"], "vision_pos_enc": out["vision_pos_enc"]}
+            image_out = model.apply({"params": params}, {"backbone_fpn": out["backbone_fpn"],
+                                    "vision_pos_enc": out["vision_pos_enc"]}, method=type(model).prompt_independent)
             inst = None
             if heads is not None:
                 inst = instance.image_features(cfg, heads, out["sam2_backbone_out"]["backbone_fpn"])
