@@ -81,6 +81,7 @@ def stage_times(pred) -> dict[str, float]:
     import jax.numpy as jnp
 
     from sam3_jax.formats.image import preprocess
+    from sam3_jax.layers.stack import for_inference
     from sam3_jax.model.sam3_image import Sam3Image
 
     m, p, io = pred.model, pred._detector_params, pred._image_out
@@ -97,8 +98,8 @@ def stage_times(pred) -> dict[str, float]:
         geo, geo_mask = mod.geometry_encoder(boxes=b, box_labels=lab, box_mask=pad, img_feats=fpn, img_pos=pos)
         prompt = jnp.concatenate([text["language_features"], geo], 1)
         prompt_mask = jnp.concatenate([text["language_mask"], geo_mask], 1)
-        return mod.transformer.encoder(fpn.reshape(n, h * w, c), pos.reshape(n, h * w, c), prompt, prompt_mask), \
-            prompt, prompt_mask
+        return mod.transformer.encoder(fpn.reshape(n, h * w, c), pos.reshape(n, h * w, c), prompt, prompt_mask,
+                                       self_attended=io["encoder_self_attn"]), prompt, prompt_mask
 
     def decode(mod, io, memory, prompt, prompt_mask):
         pos = io["vision_pos_enc"][-1]
@@ -110,14 +111,14 @@ def stage_times(pred) -> dict[str, float]:
         return mod.segment(io["backbone_fpn"], memory, prompt, prompt_mask, queries)["pred_masks"]
 
     def jit(fn):
-        return jax.jit(lambda params, *a: m.apply({"params": params}, *a, method=fn))
+        return jax.jit(for_inference(lambda params, *a: m.apply({"params": params}, *a, method=fn)))
 
     times = {"image encoder (trunk + necks)": median_time(jit(encode), p, image)}
     f_text = jit(Sam3Image.forward_text)
     times["text encoder"] = median_time(f_text, p, tokens)
     text = f_text(p, tokens)
     f_fusion = jit(fusion)
-    times["geometry + fusion encoder"] = median_time(f_fusion, p, io, text, boxes, labels, pad)
+    times["geometry + fusion encoder (first self-attention cached)"] = median_time(f_fusion, p, io, text, boxes, labels, pad)
     memory, prompt, prompt_mask = f_fusion(p, io, text, boxes, labels, pad)
     f_dec = jit(decode)
     times["decoder + scoring"] = median_time(f_dec, p, io, memory, prompt, prompt_mask)

@@ -19,7 +19,7 @@ import pytest
 from flax import traverse_util
 
 from sam3_jax.convert import layouts
-from sam3_jax.layers import core
+from sam3_jax.layers import core, stack
 from sam3_jax.layers.attention import MultiHeadAttention, dot_product_attention
 from sam3_jax.layers.position import sine_position_map
 from sam3_jax.layers.rope import apply_rope, axial_rope_angles, complex_table, rope_cos_sin
@@ -634,3 +634,41 @@ def test_vit_of_one_block_kind_equals_the_cond_path(monkeypatch):
     mixed = vit_mod.vit_from_config(cfg)
     assert has_cond(mixed)
     _close(fast, mixed.apply({"params": params}, x)[0], atol=1e-5)
+
+
+class _ScanBlock(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        kw = dict(dtype=x.dtype, param_dtype=jnp.float32)
+        return x + core.Mlp(48, **kw)(core.LayerNorm(**kw)(x)), None
+
+
+class _ScanTop(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        return stack.scanned(_ScanBlock, length=3, in_axes=())(name="layers")(x)[0]
+
+
+def test_for_inference_slices_bf16_stacks_as_bits():
+    """Inside `stack.for_inference`, a scanned stack of bf16 params is sliced as uint16 bits: the
+    same param tree and the same outputs as the plain scan, and no fp32 copy of the whole stack in
+    the compiled program (XLA:CPU's upcast of a sliced bf16 array); init and gradients elsewhere
+    are untouched."""
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 5, 16)), jnp.float32)
+    plain = _ScanTop().init(jax.random.PRNGKey(0), x)
+    wrapped = stack.for_inference(_ScanTop().init)(jax.random.PRNGKey(0), x)
+    assert jax.tree_util.tree_structure(plain) == jax.tree_util.tree_structure(wrapped)
+    for a, b in zip(jax.tree_util.tree_leaves(plain), jax.tree_util.tree_leaves(wrapped)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    params = jax.tree_util.tree_map(lambda a: a.astype(jnp.bfloat16), nn.meta.unbox(plain))
+    xb = x.astype(jnp.bfloat16)
+    run = jax.jit(lambda p, v: _ScanTop().apply(p, v))
+    run_bits = jax.jit(stack.for_inference(lambda p, v: _ScanTop().apply(p, v)))
+    np.testing.assert_array_equal(np.asarray(run(params, xb), np.float32), np.asarray(run_bits(params, xb), np.float32))
+    stacked = [f"f32[3,{a.shape[1]},{a.shape[2]}]" for a in jax.tree_util.tree_leaves(params) if a.ndim == 3]
+    hlo, hlo_bits = (f.lower(params, xb).compile().as_text() for f in (run, run_bits))
+    if jax.default_backend() == "cpu":
+        assert any(s in hlo for s in stacked)  # the upcast this works around (if XLA drops it, so can we)
+    assert not any(s in hlo_bits for s in stacked)
+    grads = jax.grad(lambda p: _ScanTop().apply(p, x).sum())(nn.meta.unbox(plain))
+    assert all(g.dtype == jnp.float32 and np.any(np.asarray(g) != 0) for g in jax.tree_util.tree_leaves(grads))

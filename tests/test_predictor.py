@@ -254,3 +254,23 @@ def test_bf16_path_meets_documented_bounds(converted, photo, tmp_path):
         assert a["mask_iou_min"] >= BF16_BOUNDS["mask_iou_min"], a
         assert a["mask_iou_mean"] >= BF16_BOUNDS["mask_iou_mean"], a
         assert a["keep_flips_clear"] <= BF16_BOUNDS["keep_flips_clear"], a
+
+    # The predictor keeps the scanned bf16 stacks as uint16 bits (layers/stack.py); plain bf16
+    # applies (the same two jitted steps, image encoding with the cached first self-attention, then
+    # grounding) give the same scores.
+    bits = [x for x in jax.tree_util.tree_leaves(pred._detector_params) if x.dtype == jnp.uint16]
+    assert len(bits) > 20 and all(x.ndim >= 2 for x in bits)
+    m = pred.model
+    params = {k: v for k, v in pred.params.items() if k != "tracker"}
+    image_out = jax.jit(lambda p, img: m.apply({"params": p}, img, method=type(m).forward_image_for_grounding))(
+        params, pred._prepare_image(np.asarray(photo)))
+    assert "encoder_self_attn" in image_out
+
+    @jax.jit
+    def ground(p, io, *a):
+        out = m.apply({"params": p}, io, *a, method=type(m).forward_detections)
+        return jax.nn.sigmoid(out["pred_logits"][..., 0]) * jax.nn.sigmoid(out["presence_logit_dec"])
+
+    for text, ours in zip(texts, outs):
+        ref = ground(params, image_out, pred._tokens([text]), *pred._boxes(None, None))
+        np.testing.assert_array_equal(ours["scores"], np.asarray(ref[0]).astype(np.float32))

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 from sam3_jax.layers import partitioning as P
 from sam3_jax.layers.attention import MultiHeadAttention
 from sam3_jax.layers.core import Dense, LayerNorm
-from sam3_jax.layers.stack import scanned
+from sam3_jax.layers.stack import from_bits, scanned
 
 Dtype = Any
 
@@ -135,7 +135,7 @@ class FusionEncoder(nn.Module):
         """The first layer's self-attention residual (B, HW, C): prompt-independent, once per image."""
         self._check_image(img, img_pos)
         dtype = self.dtype or img.dtype
-        first = jax.tree.map(lambda a: a[0], self._stacked_params())
+        first = from_bits(jax.tree.map(lambda a: a[0], self._stacked_params()))
         layer = TransformerEncoderLayer(**self._layer_kwargs(), part="self", parent=None)
         x, _ = layer.apply({"params": first}, img.astype(dtype), img_pos.astype(dtype), None, None, None, None)
         return x
@@ -164,8 +164,8 @@ class FusionEncoder(nn.Module):
             return x
         if self_attended.shape != img.shape:
             raise ValueError(f"self_attended must have img's shape {tuple(img.shape)}, got {tuple(self_attended.shape)}")
-        stacked = self._stacked_params()
-        first = jax.tree.map(lambda a: a[0], stacked)
+        stacked = self._stacked_params()  # as stored: bf16 stacks may be uint16 bits (layers.stack)
+        first = from_bits(jax.tree.map(lambda a: a[0], stacked))
         x, _ = TransformerEncoderLayer(**self._layer_kwargs(), part="rest", parent=None).apply(
             {"params": first}, self_attended.astype(dtype), img_pos, None, prompt, None, prompt_mask)
         if self.num_layers > 1:

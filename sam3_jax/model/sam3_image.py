@@ -205,8 +205,9 @@ class Sam3Image(nn.Module):
         return self.forward_grounding(image_out, self.forward_text(tokens), boxes, box_labels, box_mask, dac=dac)
 
 
-def image_model_target_shapes(cfg, dtype: Any = jnp.float32) -> dict[str, Any]:
-    """Abstract params of the image model (`jax.eval_shape`, no allocation), in `dtype`."""
+def image_model_abstract_params(cfg) -> dict[str, Any]:
+    """The image model's params as `jax.eval_shape` gives them (no allocation), boxed with their
+    logical axis names (`nn.LogicallyPartitioned`)."""
     model = Sam3Image(cfg)
     s, t = cfg.image_size, cfg.text.context_length
     shapes = jax.eval_shape(
@@ -218,5 +219,10 @@ def image_model_target_shapes(cfg, dtype: Any = jnp.float32) -> dict[str, Any]:
         jax.ShapeDtypeStruct((1, 1), jnp.int32),
         jax.ShapeDtypeStruct((1, 1), jnp.bool_),
     )
-    params = nn.meta.unbox(shapes)["params"]
+    return shapes["params"]
+
+
+def image_model_target_shapes(cfg, dtype: Any = jnp.float32) -> dict[str, Any]:
+    """Abstract params of the image model (`jax.eval_shape`, no allocation), in `dtype`."""
+    params = nn.meta.unbox(image_model_abstract_params(cfg))
     return jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, dtype), params)

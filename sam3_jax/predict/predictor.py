@@ -42,6 +42,7 @@ import numpy as np
 
 from sam3_jax.formats.image import normalize_table, resize_taps, resize_uint8_on_device, to_uint8_rgb
 from sam3_jax.layers.resize import resize_bilinear
+from sam3_jax.layers.stack import for_inference, stacks_as_bits
 from sam3_jax.model.tokenizer import ClipTokenizer
 from sam3_jax.model.tracker import instance
 from sam3_jax.model.tracker.prompt_encoder import check_point_labels
@@ -100,6 +101,11 @@ class Sam3ImagePredictor:
         # The detector's apply sees only its own parts; the tracker's SAM heads (if converted) are
         # used by the instance path.
         self._detector_params = {k: v for k, v in params.items() if k != "tracker"}
+        if any(x.dtype == jnp.bfloat16 for x in jax.tree_util.tree_leaves(self._detector_params)):
+            # bf16 stacks kept as their bits: XLA:CPU would copy each to fp32 on every call (layers/stack.py)
+            from sam3_jax.model.sam3_image import image_model_abstract_params
+
+            self._detector_params = stacks_as_bits(self._detector_params, image_model_abstract_params(model_config))
         try:
             self._heads = instance.tracker_heads(params)
             self._no_heads_error = None
@@ -110,6 +116,7 @@ class Sam3ImagePredictor:
                 "instance prompts need the tracker neck, but this model config has neck.add_sam2_neck=False")
 
         @jax.jit
+        @for_inference
         def encode_image(params, heads, images):
             out = model.apply({"params": params}, images, method=type(model).forward_image)
             image_out = model.apply({"params": params}, {"backbone_fpn": out["backbone_fpn"],
@@ -120,6 +127,7 @@ class Sam3ImagePredictor:
             return image_out, inst
 
         @jax.jit
+        @for_inference
         def ground(params, image_out, tokens, boxes, box_labels, box_mask):
             out = model.apply(
                 {"params": params}, image_out, tokens, boxes, box_labels, box_mask,
@@ -130,6 +138,7 @@ class Sam3ImagePredictor:
             return {"scores": scores, "pred_boxes_xyxy": out["pred_boxes_xyxy"], **{k: out[k] for k in keep}}
 
         @functools.partial(jax.jit, static_argnames=("size",))
+        @for_inference
         def masks(params, image_out, det, row, query_idx, *, size):
             """Masks of the kept queries `query_idx` (K,) of prompt `row` only: the segmentation
             head on those queries, bilinear to `size`, sigmoid > 0.5 -> (K, H, W) bool."""
