@@ -378,16 +378,17 @@ def test_dot_product_attention_causal_matches_sdpa():
     assert float(np.max(np.abs(_np(ours) - _sdpa_ref(q, k, v)))) > 1e-2
 
 
-@pytest.mark.parametrize("block_q", [4, 7, 64])  # several blocks with padding; one block
-def test_blocked_attention_matches_sdpa(block_q):
+@pytest.mark.parametrize("block_q,heads", [(4, None), (7, 1), (7, 2), (64, None), (64, 1)])  # blocks with
+def test_blocked_attention_matches_sdpa(block_q, heads):  # padding or one; heads per step: all 4 (default), 1, 2
     """The CPU blocked loop: plain, per-query / per-batch masks (a fully masked row averages the
     values as jax.nn does), key-padding masks, per-head bias, causal, and bf16 inputs."""
     from sam3_jax.layers.attention import blocked_attention
 
     rng = _rng(11)
-    b, tq, tk, n, d = 2, 13, 9, 3, 8
+    b, tq, tk, n, d = 2, 13, 9, 4, 8
     q, k, v = _randn(rng, b, tq, n, d), _randn(rng, b, tk, n, d), _randn(rng, b, tk, n, d)
     jq, jk, jv = jnp.asarray(q), jnp.asarray(k), jnp.asarray(v)
+    blocked_attention = functools.partial(blocked_attention, heads_per_step=heads)
     run = functools.partial(blocked_attention, jq, jk, jv, block_q=block_q)
     _close(run(), _sdpa_ref(q, k, v), atol=2e-6)
 
@@ -413,6 +414,9 @@ def test_blocked_attention_matches_sdpa(block_q):
     _close(causal, _sdpa_ref(qs, k, v, is_causal=True), atol=2e-6)
 
     half = run.func(*(x.astype(jnp.bfloat16) for x in (jq, jk, jv)), block_q=block_q)
+    if heads is None:
+        with pytest.raises(ValueError, match="heads_per_step 3 does not divide the 4 heads"):
+            run.func(jq, jk, jv, heads_per_step=3)
     assert half.dtype == jnp.bfloat16
     ref = dot_product_attention(*(x.astype(jnp.bfloat16) for x in (jq, jk, jv)), implementation="xla")
     _close(half.astype(jnp.float32), ref.astype(jnp.float32), atol=2e-2)
