@@ -414,6 +414,14 @@ def test_blocked_attention_matches_sdpa(block_q, heads):  # padding or one; head
     _close(causal, _sdpa_ref(qs, k, v, is_causal=True), atol=2e-6)
 
     half = run.func(*(x.astype(jnp.bfloat16) for x in (jq, jk, jv)), block_q=block_q)
+    # For inference (stack.for_inference) the loop slices bf16 q / k / v as uint16 bits on the CPU
+    # (no whole fp32 copy): the same results.
+    fns = [jax.jit(f(lambda *a: run.func(*a, block_q=block_q))) for f in (lambda f: f, stack.for_inference)]
+    args16 = [x.astype(jnp.bfloat16) for x in (jq, jk, jv)]
+    plain, bits = (np.asarray(f(*args16), np.float32) for f in fns)
+    np.testing.assert_array_equal(bits, plain)
+    if jax.default_backend() == "cpu":
+        assert "xui16>" in fns[1].lower(*args16).as_text() and "xui16>" not in fns[0].lower(*args16).as_text()
     if heads is None:
         with pytest.raises(ValueError, match="heads_per_step 3 does not divide the 4 heads"):
             run.func(jq, jk, jv, heads_per_step=3)

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 
 from sam3_jax.layers import partitioning as P
 from sam3_jax.layers.core import einsum, zeros
+from sam3_jax.layers.stack import inference_only
 
 Dtype = Any
 
@@ -159,6 +160,12 @@ def blocked_attention(
     qb = by_group(by_block(q, 1).transpose(0, 3, 1, 2, 4))  # (B, N/G, G, nc, blk, H)
     kt = by_group(k.transpose(0, 2, 3, 1))  # (B, N/G, G, H, Tk)
     vt = by_group(v.transpose(0, 2, 1, 3))  # (B, N/G, G, Tk, Hv)
+    # XLA:CPU upcasts a bf16 array that a loop slices to fp32 as a whole, and the step's products
+    # then run in fp32; for inference (no gradient through bits) the loop slices uint16 bits and
+    # each step bitcasts its slice back, so the products stay bf16 x bf16 -> fp32 (layers/stack.py).
+    bits = inference_only() and jax.default_backend() == "cpu"
+    pack, unpack = _bits_codec(bits)
+    qb, kt, vt = pack(qb), pack(kt), pack(vt)
 
     def split(x: Optional[jax.Array]) -> Optional[jax.Array]:
         """(B', N', Tq', Tk) -> (B', N'/G | 1, G | 1, nc', blk', Tk): indexed like the queries."""
@@ -177,8 +184,8 @@ def blocked_attention(
             jax.lax.dynamic_index_in_dim(x, i, axis, keepdims=False)
 
     def one(i, j, c):  # batch row i, head group j, query block c -> (G, blk, Hv)
-        qc = qb[i, j, :, c]
-        s = jnp.matmul(qc, kt[i, j], preferred_element_type=logits_dtype) * scale
+        qc, kc, vc = unpack(qb[i, j, :, c]), unpack(kt[i, j]), unpack(vt[i, j])
+        s = jnp.matmul(qc, kc, preferred_element_type=logits_dtype) * scale
         bias_c = pick(pick(pick(bias, i), j), c, axis=1)  # (G | 1, blk | 1, Tk)
         if bias_c is not None:
             s = s + bias_c.astype(logits_dtype)
@@ -190,7 +197,7 @@ def blocked_attention(
             s = jnp.where(keep, s, large_negative)
         s = s.astype(jnp.float32)
         e = jnp.exp(s - s.max(-1, keepdims=True))
-        o = jnp.matmul(e.astype(v.dtype), vt[i, j], preferred_element_type=jnp.float32)
+        o = jnp.matmul(e.astype(v.dtype), vc, preferred_element_type=jnp.float32)
         return (o / e.sum(-1, keepdims=True)).astype(v.dtype)
 
     idx = lambda size: jnp.arange(size)  # noqa: E731
@@ -198,6 +205,15 @@ def blocked_attention(
     # (B, N/G, nc, G, blk, Hv) -> (B, nc, blk, N/G, G, Hv) -> (B, T, N, Hv)
     out = out.transpose(0, 2, 4, 1, 3, 5).reshape(b, nc * blk, n, v.shape[-1])
     return out[:, :tq]
+
+
+def _bits_codec(enabled: bool):
+    """(pack, unpack): bf16 <-> its uint16 bits where enabled, else identities (other dtypes pass)."""
+    if not enabled:
+        return (lambda x: x), (lambda x: x)
+    pack = lambda x: jax.lax.bitcast_convert_type(x, jnp.uint16) if x.dtype == jnp.bfloat16 else x  # noqa: E731
+    unpack = lambda x: jax.lax.bitcast_convert_type(x, jnp.bfloat16) if x.dtype == jnp.uint16 else x  # noqa: E731
+    return pack, unpack
 
 
 def full_sequence_lengths(x: Optional[jax.Array], tq: int, tk: int) -> Optional[jax.Array]:

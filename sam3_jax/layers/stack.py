@@ -10,7 +10,8 @@ quadrupled). A predictor keeps the bf16 stacks as their uint16 bits (`stacks_as_
 any jit) and applies the model inside `for_inference`, where each scanned block turns its slice back
 into bf16 (a bitcast), so the loop reads the stored bf16 weights. The bits carry no gradient, hence
 only for inference; fp32 params are untouched. A bf16 stack that is not stored as bits still works
-inside `for_inference` (it is converted in the jitted call, which costs a copy).
+inside `for_inference` (it is converted in the jitted call, which costs a copy). The CPU blocked
+attention slices its bf16 queries, keys and values the same way there (`inference_only`).
 """
 
 from __future__ import annotations
@@ -49,6 +50,12 @@ def for_inference(fn: Callable) -> Callable:
             _BF16_AS_BITS.reset(token)
 
     return wrapped
+
+
+def inference_only() -> bool:
+    """True while a function decorated with `for_inference` is traced (no gradients are taken):
+    other loops (the CPU blocked attention) may then slice bf16 arrays as bits too."""
+    return _BF16_AS_BITS.get()
 
 
 def stacks_as_bits(params: Any, abstract: Any) -> Any:
