@@ -13,7 +13,8 @@ the threshold (`sam3_jax.parity.detections.agreement`).
     python benchmarks/accuracy.py --config full        # 1008 px: several minutes on a CPU
     python benchmarks/accuracy.py --config tiny --json out/accuracy_tiny.json
 
-The bounds `tests/test_bf16.py` enforces at the tiny config come from these figures (README).
+The bounds `tests/test_predictor.py::test_bf16_path_meets_documented_bounds` enforces at the tiny
+config come from these figures (README).
 """
 
 from __future__ import annotations
