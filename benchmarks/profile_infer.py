@@ -118,7 +118,8 @@ def stage_times(pred) -> dict[str, float]:
     times["text encoder"] = median_time(f_text, p, tokens)
     text = f_text(p, tokens)
     f_fusion = jit(fusion)
-    times["geometry + fusion encoder (first self-attention cached)"] = median_time(f_fusion, p, io, text, boxes, labels, pad)
+    times["geometry + fusion encoder (first self-attention cached)"] = median_time(
+        f_fusion, p, io, text, boxes, labels, pad)
     memory, prompt, prompt_mask = f_fusion(p, io, text, boxes, labels, pad)
     f_dec = jit(decode)
     times["decoder + scoring"] = median_time(f_dec, p, io, memory, prompt, prompt_mask)

@@ -138,7 +138,8 @@ def blocked_attention(
     blk = -(-tq // nc)
     pad = nc * blk - tq
     if heads_per_step is None:
-        heads_per_step = max(g for g in range(1, n + 1) if n % g == 0 and (g == 1 or g * blk * tk * 4 <= BLOCKED_GROUP_BYTES))
+        fits = lambda g: g == 1 or g * blk * tk * 4 <= BLOCKED_GROUP_BYTES  # noqa: E731
+        heads_per_step = max(g for g in range(1, n + 1) if n % g == 0 and fits(g))
     if n % heads_per_step:
         raise ValueError(f"heads_per_step {heads_per_step} does not divide the {n} heads")
     g = heads_per_step

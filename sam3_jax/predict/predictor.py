@@ -11,7 +11,10 @@
 
 `set_image` sends the uint8 image to the device and resizes and normalises it there, with the
 official processor's fixed-point arithmetic (bit-identical to the host `preprocess`; a small
-function compiled once per 128-pixel size bucket and tap count), then encodes it once.
+function compiled once per 128-pixel size bucket and tap count), then encodes it once, with the
+fusion encoder's prompt-independent first self-attention (`Sam3Image.prompt_independent`).
+With bf16 params the scanned weight stacks are kept as their uint16 bits and every compiled model
+call runs inside `layers.stack.for_inference` (XLA:CPU would copy each bf16 stack to fp32 per call).
 
 Post-processing follows the official `Sam3Processor`: score = sigmoid(logit) * sigmoid(presence),
 keep score > threshold (no NMS), boxes cxcywh -> xyxy scaled to the original size, mask logits
