@@ -15,7 +15,7 @@ import jax.numpy as jnp
 
 from sam3_jax.layers import partitioning as P
 from sam3_jax.layers.core import einsum, zeros
-from sam3_jax.layers.stack import inference_only
+from sam3_jax.layers.stack import from_bits, inference_only, to_bits
 
 Dtype = Any
 
@@ -165,8 +165,9 @@ def blocked_attention(
     # then run in fp32; for inference (no gradient through bits) the loop slices uint16 bits and
     # each step bitcasts its slice back, so the products stay bf16 x bf16 -> fp32 (layers/stack.py).
     bits = inference_only() and jax.default_backend() == "cpu"
-    pack, unpack = _bits_codec(bits)
-    qb, kt, vt = pack(qb), pack(kt), pack(vt)
+    unpack = from_bits if bits else (lambda x: x)
+    if bits:
+        qb, kt, vt = to_bits((qb, kt, vt))
 
     def split(x: Optional[jax.Array]) -> Optional[jax.Array]:
         """(B', N', Tq', Tk) -> (B', N'/G | 1, G | 1, nc', blk', Tk): indexed like the queries."""
@@ -206,15 +207,6 @@ def blocked_attention(
     # (B, N/G, nc, G, blk, Hv) -> (B, nc, blk, N/G, G, Hv) -> (B, T, N, Hv)
     out = out.transpose(0, 2, 4, 1, 3, 5).reshape(b, nc * blk, n, v.shape[-1])
     return out[:, :tq]
-
-
-def _bits_codec(enabled: bool):
-    """(pack, unpack): bf16 <-> its uint16 bits where enabled, else identities (other dtypes pass)."""
-    if not enabled:
-        return (lambda x: x), (lambda x: x)
-    pack = lambda x: jax.lax.bitcast_convert_type(x, jnp.uint16) if x.dtype == jnp.bfloat16 else x  # noqa: E731
-    unpack = lambda x: jax.lax.bitcast_convert_type(x, jnp.bfloat16) if x.dtype == jnp.uint16 else x  # noqa: E731
-    return pack, unpack
 
 
 def full_sequence_lengths(x: Optional[jax.Array], tq: int, tk: int) -> Optional[jax.Array]:

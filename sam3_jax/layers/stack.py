@@ -75,17 +75,14 @@ def stacks_as_bits(params: Any, abstract: Any) -> Any:
     return jax.tree_util.tree_map_with_path(one, params)
 
 
-def from_bits(tree: Any) -> Any:
-    """uint16 leaves (bf16 bits, see `stacks_as_bits`) back to bf16; other leaves unchanged."""
-    return _from_bits(tree)
-
-
-def _to_bits(tree: Any) -> Any:
+def to_bits(tree: Any) -> Any:
+    """bf16 leaves to their uint16 bits (a bitcast); other leaves unchanged."""
     return jax.tree_util.tree_map(
         lambda x: jax.lax.bitcast_convert_type(x, jnp.uint16) if x.dtype == jnp.bfloat16 else x, tree)
 
 
-def _from_bits(tree: Any) -> Any:
+def from_bits(tree: Any) -> Any:
+    """uint16 leaves (bf16 bits, see `stacks_as_bits` / `to_bits`) back to bf16; other leaves unchanged."""
     return jax.tree_util.tree_map(
         lambda x: jax.lax.bitcast_convert_type(x, jnp.bfloat16) if x.dtype == jnp.uint16 else x, tree)
 
@@ -103,7 +100,7 @@ def scanned(block_cls: type[nn.Module], *, length: int, in_axes: Sequence[Any], 
         cls = nn.remat(cls, prevent_cse=False, policy=None if policy == "full" else policy)
     bits = _BF16_AS_BITS.get()
     if bits:  # each block sees bf16 again; init (no bf16 yet) passes through unchanged
-        cls = nn.map_variables(cls, "params", trans_in_fn=_from_bits, trans_out_fn=_to_bits, init=True)
+        cls = nn.map_variables(cls, "params", trans_in_fn=from_bits, trans_out_fn=to_bits, init=True)
     stack = nn.scan(
         cls,
         variable_axes={"params": 0},
@@ -113,5 +110,5 @@ def scanned(block_cls: type[nn.Module], *, length: int, in_axes: Sequence[Any], 
         metadata_params={nn.PARTITION_NAME: P.LAYERS},
     )
     if bits:
-        stack = nn.map_variables(stack, "params", trans_in_fn=_to_bits, trans_out_fn=_from_bits, init=True)
+        stack = nn.map_variables(stack, "params", trans_in_fn=to_bits, trans_out_fn=from_bits, init=True)
     return stack

@@ -120,9 +120,13 @@ class FusionEncoder(nn.Module):
             **self._layer_kwargs(), **kw)
 
     def _stacked_params(self) -> Any:
+        """The stacked layer params as stored (bf16 stacks may be uint16 bits, layers/stack.py)."""
         if "params" not in self.variables or "layers" not in self.variables["params"]:
             raise ValueError("FusionEncoder.self_attend / self_attended need initialised params (apply, not init)")
         return self.variables["params"]["layers"]
+
+    def _first_layer_params(self) -> Any:
+        return from_bits(jax.tree.map(lambda a: a[0], self._stacked_params()))
 
     @staticmethod
     def _check_image(img: jax.Array, img_pos: jax.Array) -> None:
@@ -135,9 +139,8 @@ class FusionEncoder(nn.Module):
         """The first layer's self-attention residual (B, HW, C): prompt-independent, once per image."""
         self._check_image(img, img_pos)
         dtype = self.dtype or img.dtype
-        first = from_bits(jax.tree.map(lambda a: a[0], self._stacked_params()))
         layer = TransformerEncoderLayer(**self._layer_kwargs(), part="self", parent=None)
-        x, _ = layer.apply({"params": first}, img.astype(dtype), img_pos.astype(dtype), None, None, None, None)
+        x, _ = layer.apply({"params": self._first_layer_params()}, img.astype(dtype), img_pos.astype(dtype), None, None, None, None)
         return x
 
     @nn.compact
@@ -165,12 +168,11 @@ class FusionEncoder(nn.Module):
         if self_attended.shape != img.shape:
             raise ValueError(
                 f"self_attended must have img's shape {tuple(img.shape)}, got {tuple(self_attended.shape)}")
-        stacked = self._stacked_params()  # as stored: bf16 stacks may be uint16 bits (layers.stack)
-        first = from_bits(jax.tree.map(lambda a: a[0], stacked))
         x, _ = TransformerEncoderLayer(**self._layer_kwargs(), part="rest", parent=None).apply(
-            {"params": first}, self_attended.astype(dtype), img_pos, None, prompt, None, prompt_mask)
-        if self.num_layers > 1:
-            rest = jax.tree.map(lambda a: a[1:], stacked)
+            {"params": self._first_layer_params()}, self_attended.astype(dtype), img_pos, None, prompt, None,
+            prompt_mask)
+        if self.num_layers > 1:  # the later layers' slice stays as stored; the scan bitcasts per layer
+            rest = jax.tree.map(lambda a: a[1:], self._stacked_params())
             x, _ = self._layers(self.num_layers - 1, parent=None).apply(
                 {"params": rest}, x, img_pos, None, prompt, None, prompt_mask)
         return x
