@@ -189,7 +189,8 @@ def ours_cases(params, cfg, photo, threshold: float, dtype: str = "float32",
     pred = Sam3ImagePredictor(params, cfg)
     image = jax.device_put(jnp.asarray(preprocess(photo, pred.resolution)[None]))
     no_boxes = (np.zeros((1, 0, 4), np.float32), np.zeros((1, 0), np.int32), np.ones((1, 0), bool))
-    prompt = [jax.device_put(jnp.asarray(a)) for a in (pred._tokens([TEXT]), *no_boxes)]
+    tokens = jax.device_put(jnp.asarray(pred._tokens([TEXT])))
+    prompt = [jax.device_put(jnp.asarray(a)) for a in no_boxes]
 
     def full():
         pred.set_image(photo)
@@ -203,7 +204,8 @@ def ours_cases(params, cfg, photo, threshold: float, dtype: str = "float32",
 
     def forward():
         image_out, _ = pred._encode_image(pred._detector_params, None, image)
-        det = pred._ground(pred._detector_params, image_out, *prompt)
+        text = pred._encode_text(pred._detector_params, tokens)
+        det = pred._ground(pred._detector_params, image_out, text, jnp.int32(0), *prompt)
         return int(jnp.sum(jax.block_until_ready(det["scores"]) > threshold))
 
     return {"a": full, "b": one_more, "c": sixteen, "d": forward}

@@ -124,6 +124,7 @@ def test_predict_batch_equals_single_prompts(predictor):
         np.testing.assert_allclose(c["boxes"], b["boxes"], atol=1e-4)
         assert np.mean(c["masks"] != b["masks"]) < 1e-4
     assert chunked._ground._cache_size() == 1
+    assert chunked._encode_text._cache_size() == 1  # the three texts in one batch (padded to 4)
     with pytest.raises(ValueError, match="prompt_chunk must be a positive int"):
         Sam3ImagePredictor(predictor.params, predictor.config, prompt_chunk=0)
 

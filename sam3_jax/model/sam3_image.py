@@ -184,7 +184,12 @@ class Sam3Image(nn.Module):
         """Text tokens + boxes for one cached image -> scores and boxes of every query, plus what
         `segment` needs to make masks later for the kept ones (`memory`, `prompt`, `prompt_mask`,
         `queries`)."""
-        det = self.detect(image_out, self.forward_text(tokens), boxes, box_labels, box_mask)
+        return self.detections(image_out, self.forward_text(tokens), boxes, box_labels, box_mask)
+
+    def detections(self, image_out, text_out, boxes, box_labels, box_mask) -> dict[str, Any]:
+        """`forward_detections` on text already encoded (`forward_text`; `language_features` and
+        `language_mask` are read): a predictor encodes many prompts' texts in one batch."""
+        det = self.detect(image_out, text_out, boxes, box_labels, box_mask)
         dec = det["dec"]
         return {
             "pred_logits": det["logits"][-1],

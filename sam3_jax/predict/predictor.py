@@ -19,9 +19,10 @@ call runs inside `layers.stack.for_inference` (XLA:CPU would copy each bf16 stac
 Post-processing follows the official `Sam3Processor`: score = sigmoid(logit) * sigmoid(presence),
 keep score > threshold (no NMS), boxes cxcywh -> xyxy scaled to the original size, mask logits
 resized bilinearly (torch semantics) to the original size, then sigmoid > 0.5. Results are in
-query order. A prompt runs in two jitted steps: scores and boxes of every query (text encoder,
-fusion encoder, decoder, scoring), then the segmentation head for just the kept queries of the
-prompts that kept any; the official model makes masks for all queries and drops them after, so
+query order. A call runs in three jitted steps: the text encoder for all of its prompts in one
+batch (its weights are read once, not once per prompt), scores and boxes of every query (fusion
+encoder, decoder, scoring; `prompt_chunk` prompts per call), then the segmentation head for just
+the kept queries of the prompts that kept any; the official model makes masks for all queries and drops them after, so
 the outputs are the same while a prompt that keeps nothing does no mask work. Compiled functions
 are cached per input shape: prompts are padded to fixed sizes (box count to a multiple of 4,
 kept-mask count to a power of two), so repeated calls reuse them.
@@ -74,10 +75,11 @@ def device_preprocess(image: jax.Array, taps_w, taps_h) -> jax.Array:
 
 
 class Sam3ImagePredictor:
-    """prompt_chunk: how many prompts one compiled grounding call takes in `predict_batch` (the rest
-    run in further calls of the same compiled function). Default: 1 on the CPU backend, where a
-    batch of prompts only adds memory traffic (16 prompts at once took 1.3x the time of 16 single
-    calls at 1008 px), and all of them on accelerators."""
+    """prompt_chunk: how many prompts one compiled grounding call (fusion encoder, decoder,
+    scoring) takes in `predict_batch` (the rest run in further calls of the same compiled
+    function; the text encoder takes them all at once). Default: 1 on the CPU backend, where a
+    batch of prompts in the fusion encoder only adds memory traffic (16 prompts at once took 1.3x
+    the time of 16 single calls at 1008 px), and all of them on accelerators."""
 
     def __init__(self, params: Any, model_config, *, tokenizer: Optional[ClipTokenizer] = None,
                  prompt_chunk: Optional[int] = None):
@@ -131,10 +133,19 @@ class Sam3ImagePredictor:
 
         @jax.jit
         @for_inference
-        def ground(params, image_out, tokens, boxes, box_labels, box_mask):
+        def encode_text(params, tokens):
+            out = model.apply({"params": params}, tokens, method=type(model).forward_text)
+            return {k: out[k] for k in ("language_features", "language_mask")}
+
+        @jax.jit
+        @for_inference
+        def ground(params, image_out, text, start, boxes, box_labels, box_mask):
+            """Rows start .. start + len(boxes) of the encoded texts `text` (one compiled shape for
+            every chunk of a batch)."""
+            rows = {k: jax.lax.dynamic_slice_in_dim(v, start, boxes.shape[0]) for k, v in text.items()}
             out = model.apply(
-                {"params": params}, image_out, tokens, boxes, box_labels, box_mask,
-                method=type(model).forward_detections,
+                {"params": params}, image_out, rows, boxes, box_labels, box_mask,
+                method=type(model).detections,
             )
             scores = jax.nn.sigmoid(out["pred_logits"][..., 0]) * jax.nn.sigmoid(out["presence_logit_dec"])
             keep = ("memory", "prompt", "prompt_mask", "queries")
@@ -159,6 +170,7 @@ class Sam3ImagePredictor:
 
         self._prepare = jax.jit(device_preprocess)
         self._encode_image = encode_image
+        self._encode_text = encode_text
         self._ground = ground
         self._masks = masks
         self._segment_instances = segment_instances
@@ -282,13 +294,18 @@ class Sam3ImagePredictor:
         p = len(texts)
         cxcywh, lab, mask = (np.repeat(a, p, axis=0) for a in (cxcywh, lab, mask))
         chunk = min(p, self.prompt_chunk or p)
+        n_chunks = -(-p // chunk)
+        # Every text in one call (the text encoder reads its weights once for all prompts), padded
+        # with copies of the last prompt to a power of two times the chunk (few compiled shapes).
+        rows = np.minimum(np.arange(_next_pow2(n_chunks) * chunk), p - 1)
+        text = self._encode_text(self._detector_params, jnp.asarray(tokens[rows]))
         h, w = self._orig_hw
         results = []
         for start in range(0, p, chunk):
             # A short last chunk is padded with copies of its last prompt (one compiled shape).
             rows = np.minimum(np.arange(start, start + chunk), p - 1)
-            det = self._ground(self._detector_params, self._image_out, *(jnp.asarray(a[rows]) for a in (
-                tokens, cxcywh, lab, mask)))
+            det = self._ground(self._detector_params, self._image_out, text, jnp.int32(start),
+                               *(jnp.asarray(a[rows]) for a in (cxcywh, lab, mask)))
             scores, boxes_xyxy = np.asarray(det["scores"]), np.asarray(det["pred_boxes_xyxy"])
             for i in range(min(chunk, p - start)):
                 keep = np.flatnonzero(scores[i] > threshold)
