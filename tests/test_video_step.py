@@ -468,3 +468,34 @@ def test_predict_video_cli(zoo, clip, tiny_cfg, tmp_path, repo_root, python):
     bad = subprocess.run(cmd[:6] + [str(tmp_path / "nope")] + cmd[7:], cwd=repo_root, capture_output=True,
                          text=True, timeout=600)
     assert bad.returncode == 1 and "no such folder" in bad.stderr
+
+
+def test_bf16_video_reads_stacks_as_bits(zoo, tiny_cfg, vcfg, clip):
+    """A bf16 session runs, with the detector's scanned bf16 stacks kept as uint16 bits (shared with
+    a further prompt's predictor); the frame encoder and detector give the same outputs from the
+    bits as from the plain bf16 stacks (which the compiled calls then convert themselves)."""
+    import jax.numpy as jnp
+
+    from sam3_jax.predict.video import Sam3VideoPredictor
+
+    cfg = tiny_cfg.copy_and_resolve_references()
+    cfg.dtype = "bfloat16"
+    bf16 = jax.tree_util.tree_map(lambda x: x.astype(jnp.bfloat16), zoo(SEEDS[0])[1])
+    p = Sam3VideoPredictor(bf16, cfg, vcfg)
+    stacks = [x for x in jax.tree_util.tree_leaves(p._run_params) if x.dtype == jnp.uint16]
+    assert len(stacks) > 20 and all(x.ndim >= 2 for x in stacks)
+    assert {x.dtype for x in jax.tree_util.tree_leaves(p._run_params["tracker"])} == {jnp.dtype(jnp.bfloat16)}
+    frames = clip[:4]
+    p.start_session(frames)
+    first = p.add_prompt(0, TEXT)
+    outs = dict(p.propagate())
+    assert sorted(outs) == list(range(len(frames))) and len(first["obj_ids"]) > 0
+    assert all(o["masks"].dtype == bool and np.isfinite(o["scores"]).all() for o in outs.values())
+    p.add_prompt(0, "a blue square", append=True)
+    assert p._children[0][0]._run_params is p._run_params
+
+    image = p._image(1)
+    for a, b in zip(*(jax.tree_util.tree_leaves(p._fns.detect(
+            params, p._fns.encode_frame(params, image), p._text_out, jnp.asarray(True), None))
+            for params in (p._run_params, bf16))):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

@@ -227,6 +227,22 @@ def image_model_abstract_params(cfg) -> dict[str, Any]:
     return shapes["params"]
 
 
+def image_model_inference_params(params: dict[str, Any], cfg) -> dict[str, Any]:
+    """params as compiled inference calls (inside `layers.stack.for_inference`) read them best: with
+    bf16 params, the image model's scanned stacks as their uint16 bits (`stack.stacks_as_bits`;
+    XLA:CPU would copy each bf16 stack to fp32 on every call); fp32 params, and the "tracker"
+    subtree, as given. Once per predictor, outside any jit (the stacks are new arrays)."""
+    detector = {k: v for k, v in params.items() if k != "tracker"}
+    if not any(x.dtype == jnp.bfloat16 for x in jax.tree_util.tree_leaves(detector)):
+        return params
+    from sam3_jax.layers.stack import stacks_as_bits
+
+    out = stacks_as_bits(detector, image_model_abstract_params(cfg))
+    if "tracker" in params:
+        out["tracker"] = params["tracker"]
+    return out
+
+
 def image_model_target_shapes(cfg, dtype: Any = jnp.float32) -> dict[str, Any]:
     """Abstract params of the image model (`jax.eval_shape`, no allocation), in `dtype`."""
     params = nn.meta.unbox(image_model_abstract_params(cfg))

@@ -46,7 +46,7 @@ import numpy as np
 
 from sam3_jax.formats.image import normalize_table, resize_taps, resize_uint8_on_device, to_uint8_rgb
 from sam3_jax.layers.resize import resize_bilinear
-from sam3_jax.layers.stack import for_inference, stacks_as_bits
+from sam3_jax.layers.stack import for_inference
 from sam3_jax.model.tokenizer import ClipTokenizer
 from sam3_jax.model.tracker import instance
 from sam3_jax.model.tracker.prompt_encoder import check_point_labels
@@ -83,7 +83,7 @@ class Sam3ImagePredictor:
 
     def __init__(self, params: Any, model_config, *, tokenizer: Optional[ClipTokenizer] = None,
                  prompt_chunk: Optional[int] = None):
-        from sam3_jax.model.sam3_image import Sam3Image
+        from sam3_jax.model.sam3_image import Sam3Image, image_model_inference_params
 
         if prompt_chunk is not None and (not isinstance(prompt_chunk, int) or prompt_chunk < 1):
             raise ValueError(f"prompt_chunk must be a positive int or None, got {prompt_chunk!r}")
@@ -105,12 +105,9 @@ class Sam3ImagePredictor:
         cfg = model_config
         # The detector's apply sees only its own parts; the tracker's SAM heads (if converted) are
         # used by the instance path.
-        self._detector_params = {k: v for k, v in params.items() if k != "tracker"}
-        if any(x.dtype == jnp.bfloat16 for x in jax.tree_util.tree_leaves(self._detector_params)):
-            # bf16 stacks kept as their bits: XLA:CPU would copy each to fp32 on every call (layers/stack.py)
-            from sam3_jax.model.sam3_image import image_model_abstract_params
-
-            self._detector_params = stacks_as_bits(self._detector_params, image_model_abstract_params(model_config))
+        # (bf16 stacks kept as their bits: XLA:CPU would copy each to fp32 on every call, layers/stack.py)
+        self._detector_params = image_model_inference_params(
+            {k: v for k, v in params.items() if k != "tracker"}, model_config)
         try:
             self._heads = instance.tracker_heads(params)
             self._no_heads_error = None

@@ -39,6 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sam3_jax.formats.image import resize_uint8, to_uint8_rgb
+from sam3_jax.layers.stack import for_inference
 from sam3_jax.model.tokenizer import ClipTokenizer
 from sam3_jax.model.video import interact
 from sam3_jax.model.video.step import (NO_OBJ_SCORE, VideoConfig, VideoState, detect_frame, detector_params,
@@ -132,7 +133,9 @@ class _Compiled:
 @functools.lru_cache(maxsize=8)
 def _compiled(cfg_json: str, vcfg: VideoConfig):
     """The jitted text encoder and per-frame step of one (model config, video config): shared by
-    every predictor with those configs, so a new session or predictor does not compile again."""
+    every predictor with those configs, so a new session or predictor does not compile again.
+    Each runs inside `stack.for_inference` (no gradients: bf16 stacks and attention inputs are
+    sliced as bits, see layers/stack.py) on the predictor's `_run_params`."""
     import ml_collections
 
     from sam3_jax.model.sam3_image import Sam3Image
@@ -141,28 +144,34 @@ def _compiled(cfg_json: str, vcfg: VideoConfig):
     model = Sam3Image(cfg)
 
     @jax.jit
+    @for_inference
     def encode_text(params, tokens):
         return model.apply({"params": detector_params(params)}, tokens, method=Sam3Image.forward_text)
 
     @jax.jit
+    @for_inference
     def detect(params, feats, text_out, allow_new, geo):
         return detect_frame(params, cfg, feats, text_out, vcfg.merge, allow_new, geo)[0]
 
     @functools.partial(jax.jit, static_argnames=("reverse", "video_hw"), donate_argnames=("state",))
+    @for_inference
     def step(params, state, det, sam2_out, frame_idx, num_frames, slots, *, reverse, video_hw):
         return track_slots(params, cfg, vcfg, state, det, sam2_out, frame_idx, num_frames, slots, reverse=reverse,
                            video_hw=video_hw)
 
     @jax.jit
+    @for_inference
     def encode(params, image):
         return encode_frame(params, cfg, image)
 
     @functools.partial(jax.jit, static_argnames=("multimask_output",))
+    @for_inference
     def click(params, sam2_out, points, labels, prev_low, *, multimask_output):
         return interact.click_output(params, cfg, sam2_out, points, labels, prev_low,
                                      multimask_output=multimask_output)
 
     @functools.partial(jax.jit, donate_argnames=("state",))
+    @for_inference
     def commit(params, state, sam2_out, frame_idx, slot, click_out, stored_low, stored_score, has_stored):
         return interact.commit_click(params, cfg, state, sam2_out, frame_idx, slot, click_out, stored_low,
                                      stored_score, has_stored)
@@ -172,6 +181,7 @@ def _compiled(cfg_json: str, vcfg: VideoConfig):
         return interact.click_video_mask(low, video_hw, vcfg.fill_hole_area)
 
     @functools.partial(jax.jit, static_argnames=("reverse", "video_hw"), donate_argnames=("state",))
+    @for_inference
     def partial(params, state, sam2_out, frame_idx, num_frames, active, stored_low, stored_score, slots, *, reverse,
                 video_hw):
         if slots is None:
@@ -194,7 +204,7 @@ class Sam3VideoPredictor:
 
     def __init__(self, params: Any, model_config, video_config: Optional[VideoConfig] = None, *,
                  tokenizer: Optional[ClipTokenizer] = None, mesh: Optional[jax.sharding.Mesh] = None,
-                 rules: Optional[Any] = None):
+                 rules: Optional[Any] = None, _run_params: Optional[Any] = None):
         if "tracker" not in params:
             raise ValueError("video needs the tracker's params: convert the official checkpoint with its tracker")
         if not model_config.neck.add_sam2_neck:
@@ -202,6 +212,14 @@ class Sam3VideoPredictor:
         self.config = model_config
         self.video_config = video_config or VideoConfig()
         self.params = params
+        # what the compiled calls read: with bf16 params the image model's scanned stacks as their
+        # uint16 bits (XLA:CPU would copy each bf16 stack to fp32 on every frame); shared with the
+        # predictors of further prompts in the session
+        if _run_params is None:
+            from sam3_jax.model.sam3_image import image_model_inference_params
+
+            _run_params = image_model_inference_params(params, model_config)
+        self._run_params = _run_params
         self.tokenizer = tokenizer or ClipTokenizer()
         self.resolution = int(model_config.image_size)
         self._fns = _compiled(model_config.to_json(), self.video_config)
@@ -328,7 +346,7 @@ class Sam3VideoPredictor:
         of the latest `feature_cache_frames` frames, else encoded (and cached)."""
         feats = self._features.get(frame_idx)
         if feats is None:
-            feats = self._fns.encode_frame(self.params, self._image(frame_idx))
+            feats = self._fns.encode_frame(self._run_params, self._image(frame_idx))
             self._features[frame_idx] = feats
             while len(self._features) > max(1, self.feature_cache_frames):
                 self._features.popitem(last=False)
@@ -395,17 +413,17 @@ class Sam3VideoPredictor:
         # box alone on its prompted frame only
         allow_new = self._has_text or (self._geo is not None and frame_idx == self._prompt_frame)
         feats = self._frame_features(frame_idx)
-        det = self._fns.detect(self.params, feats, self._text_out, jnp.asarray(allow_new), self._geometry(frame_idx))
+        det = self._fns.detect(self._run_params, feats, self._text_out, jnp.asarray(allow_new), self._geometry(frame_idx))
         slots = self._active_slots(det)
         if slots is not None and len(slots) == 0:  # no object and no detection: nothing to track
             out = self._nothing_tracked()
         else:
             args = (det, feats["sam2_backbone_out"], jnp.int32(frame_idx), jnp.int32(len(self._frames)))
-            self._state, out = self._step(self.params, self._state, *args, slots, reverse=reverse,
+            self._state, out = self._step(self._run_params, self._state, *args, slots, reverse=reverse,
                                           video_hw=self._video_hw)
             if slots is not None and not bool(out["fits"]):  # more births than the subset's free slots
                 self.step_sizes[len(slots)] += 1
-                self._state, out = self._step(self.params, self._state, *args, None, reverse=reverse,
+                self._state, out = self._step(self._run_params, self._state, *args, None, reverse=reverse,
                                               video_hw=self._video_hw)
             self._state = self._put(self._state)  # keep the placement (one compiled step)
             out = jax.device_get(out)
@@ -461,7 +479,7 @@ class Sam3VideoPredictor:
         self._has_text = text is not None and text != VISUAL_PROMPT_TEXT  # the official reads "visual" as no text
         self._geo = geo
         tokens = self.tokenizer([self._text], context_length=int(self.config.text.context_length))
-        self._text_out = self._encode_text(self.params, jnp.asarray(tokens))
+        self._text_out = self._encode_text(self._run_params, jnp.asarray(tokens))
         self._prompt_frame = frame_idx
         out = self._run(frame_idx, reverse=False)
         return postprocess(out, self._removed, low_res=self.return_low_res)
@@ -508,7 +526,7 @@ class Sam3VideoPredictor:
             self._next_gid = int(self._state.max_obj_id) + 1
             self._gid = {(0, i): i for i in range(self._next_gid)}
         child = Sam3VideoPredictor(self.params, self.config, self.video_config, tokenizer=self.tokenizer,
-                                   mesh=self.mesh, rules=self.rules)
+                                   mesh=self.mesh, rules=self.rules, _run_params=self._run_params)
         child._frames, child._caching, child._features = self._frames, self._caching, self._features
         child.return_low_res = self.return_low_res
         child.feature_cache_frames, child.slot_buckets = self.feature_cache_frames, self.slot_buckets
@@ -609,10 +627,10 @@ class Sam3VideoPredictor:
         sam2 = self._frame_features(frame_idx)["sam2_backbone_out"]
         prev = None if new else self._cache.raw.get(frame_idx, {}).get(obj_id)
         prev_low = None if prev is None else jnp.asarray(prev[0])[None]
-        click = self._fns.click(self.params, sam2, jnp.asarray(pts)[None], jnp.asarray(lab)[None], prev_low,
+        click = self._fns.click(self._run_params, sam2, jnp.asarray(pts)[None], jnp.asarray(lab)[None], prev_low,
                                 multimask_output=len(lab) <= 1)
         stored_low, stored_score, has_stored = self._stored(frame_idx)
-        self._state, members = self._fns.commit(self.params, self._state, sam2, jnp.int32(frame_idx), jnp.int32(slot),
+        self._state, members = self._fns.commit(self._run_params, self._state, sam2, jnp.int32(frame_idx), jnp.int32(slot),
                                                 click, stored_low, stored_score, has_stored)
         self._state = self._put(self._state)
         members = np.asarray(members)
@@ -831,7 +849,7 @@ class Sam3VideoPredictor:
         for frame_idx in order:
             sam2 = self._frame_features(frame_idx)["sam2_backbone_out"]
             stored_low, stored_score, _ = self._stored(frame_idx)
-            self._state, out = self._fns.partial(self.params, self._state, sam2, jnp.int32(frame_idx),
+            self._state, out = self._fns.partial(self._run_params, self._state, sam2, jnp.int32(frame_idx),
                                                  jnp.int32(len(self._frames)), jnp.asarray(active), stored_low,
                                                  stored_score, None if subset is None else jnp.asarray(subset),
                                                  reverse=reverse, video_hw=self._video_hw)
