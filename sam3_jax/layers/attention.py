@@ -121,7 +121,8 @@ def blocked_attention(
     unless the keys are short).
     The softmax is exact per row (no online rescaling: all keys are in the block); the
     normalisation is applied after the value product, (e @ v) / sum(e), which changes results by
-    float rounding only. Masked logits get jax.nn's large negative value, so a row with every key
+    float rounding only; e is in the values' dtype (for bf16 inputs the weights the value product
+    takes, and their sum, accumulated in fp32, is of those same rounded weights). Masked logits get jax.nn's large negative value, so a row with every key
     masked averages the values, as jax.nn does. Differentiable (a `lax.map`), but meant for
     inference on one device: the loop runs over batch rows and heads, so do not shard those axes
     when it is on (the automatic choice only picks it on the CPU backend).
@@ -198,9 +199,12 @@ def blocked_attention(
         if keep is not None:
             s = jnp.where(keep, s, large_negative)
         s = s.astype(jnp.float32)
-        e = jnp.exp(s - s.max(-1, keepdims=True))
-        o = jnp.matmul(e.astype(v.dtype), vc, preferred_element_type=jnp.float32)
-        return (o / e.sum(-1, keepdims=True)).astype(v.dtype)
+        # The weights in the values' dtype, as the value product takes them; the sum (fp32) is of
+        # those same weights, which XLA:CPU then forms from the bf16 array in the exp's fusion
+        # instead of another pass over fp32 ones (bf16: ~1/3 less time; fp32: unchanged).
+        e = jnp.exp(s - s.max(-1, keepdims=True)).astype(v.dtype)
+        o = jnp.matmul(e, vc, preferred_element_type=jnp.float32)
+        return (o / e.sum(-1, dtype=jnp.float32, keepdims=True)).astype(v.dtype)
 
     idx = lambda size: jnp.arange(size)  # noqa: E731
     out = jax.lax.map(lambda i: jax.lax.map(lambda j: jax.lax.map(lambda c: one(i, j, c), idx(nc)), idx(ng)), idx(b))
