@@ -22,8 +22,9 @@ resized bilinearly (torch semantics) to the original size, then sigmoid > 0.5. R
 query order. A call runs in three jitted steps: the text encoder for all of its prompts in one
 batch (its weights are read once, not once per prompt), scores and boxes of every query (fusion
 encoder, decoder, scoring; `prompt_chunk` prompts per call), then the segmentation head for just
-the kept queries of the prompts that kept any; the official model makes masks for all queries and drops them after, so
-the outputs are the same while a prompt that keeps nothing does no mask work. Compiled functions
+the kept queries of the prompts that kept any; the official model makes masks for all queries
+and drops them after, so the outputs are the same while a prompt that keeps nothing does no mask
+work. Compiled functions
 are cached per input shape: prompts are padded to fixed sizes (box count to a multiple of 4,
 kept-mask count to a power of two), so repeated calls reuse them.
 

@@ -413,7 +413,8 @@ class Sam3VideoPredictor:
         # box alone on its prompted frame only
         allow_new = self._has_text or (self._geo is not None and frame_idx == self._prompt_frame)
         feats = self._frame_features(frame_idx)
-        det = self._fns.detect(self._run_params, feats, self._text_out, jnp.asarray(allow_new), self._geometry(frame_idx))
+        det = self._fns.detect(self._run_params, feats, self._text_out, jnp.asarray(allow_new),
+                               self._geometry(frame_idx))
         slots = self._active_slots(det)
         if slots is not None and len(slots) == 0:  # no object and no detection: nothing to track
             out = self._nothing_tracked()
@@ -630,8 +631,8 @@ class Sam3VideoPredictor:
         click = self._fns.click(self._run_params, sam2, jnp.asarray(pts)[None], jnp.asarray(lab)[None], prev_low,
                                 multimask_output=len(lab) <= 1)
         stored_low, stored_score, has_stored = self._stored(frame_idx)
-        self._state, members = self._fns.commit(self._run_params, self._state, sam2, jnp.int32(frame_idx), jnp.int32(slot),
-                                                click, stored_low, stored_score, has_stored)
+        self._state, members = self._fns.commit(self._run_params, self._state, sam2, jnp.int32(frame_idx),
+                                                jnp.int32(slot), click, stored_low, stored_score, has_stored)
         self._state = self._put(self._state)
         members = np.asarray(members)
         ids = np.asarray(self._state.obj_id)
