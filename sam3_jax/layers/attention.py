@@ -124,9 +124,9 @@ def blocked_attention(
     float rounding only; e is in the values' dtype (for bf16 inputs the weights the value product
     takes, and their sum, accumulated in fp32, is of those same rounded weights). Masked logits
     get jax.nn's large negative value, so a row with every key masked averages the values, as
-    jax.nn does. Differentiable (a `lax.map`), but meant for
-    inference on one device: the loop runs over batch rows and heads, so do not shard those axes
-    when it is on (the automatic choice only picks it on the CPU backend).
+    jax.nn does. Differentiable (a `lax.map`), but meant for inference on one device: the loop runs
+    over batch rows and heads, so do not shard those axes when it is on (the automatic choice only
+    picks it on the CPU backend).
     """
     b, tq, n, h = q.shape
     tk = k.shape[1]

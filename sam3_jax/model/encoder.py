@@ -140,7 +140,8 @@ class FusionEncoder(nn.Module):
         self._check_image(img, img_pos)
         dtype = self.dtype or img.dtype
         layer = TransformerEncoderLayer(**self._layer_kwargs(), part="self", parent=None)
-        x, _ = layer.apply({"params": self._first_layer_params()}, img.astype(dtype), img_pos.astype(dtype), None, None, None, None)
+        x, _ = layer.apply({"params": self._first_layer_params()}, img.astype(dtype), img_pos.astype(dtype),
+                           None, None, None, None)
         return x
 
     @nn.compact

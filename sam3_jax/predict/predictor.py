@@ -24,9 +24,8 @@ batch (its weights are read once, not once per prompt), scores and boxes of ever
 encoder, decoder, scoring; `prompt_chunk` prompts per call), then the segmentation head for just
 the kept queries of the prompts that kept any; the official model makes masks for all queries
 and drops them after, so the outputs are the same while a prompt that keeps nothing does no mask
-work. Compiled functions
-are cached per input shape: prompts are padded to fixed sizes (box count to a multiple of 4,
-kept-mask count to a power of two), so repeated calls reuse them.
+work. Compiled functions are cached per input shape: prompts are padded to fixed sizes (box count
+to a multiple of 4, kept-mask count to a power of two), so repeated calls reuse them.
 
 Instance prompts (`predict_instance`, the official `Sam3Image.predict_inst`) segment one object per
 prompt with the tracker's SAM heads; they need a checkpoint converted with the tracker (a `tracker`
